@@ -1,0 +1,48 @@
+// Decoding probe images and preprocessing them exactly as the reference (PIL + torchvision) does.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <vector>
+
+namespace clipdissect {
+
+// 8-bit RGB, row-major, HWC.
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<std::uint8_t> pixels;  // width * height * 3
+};
+
+// Decodes JPEG or PNG (sniffed from the content, not the extension) and converts to RGB as
+// PIL's Image.open(f).convert('RGB') does. Throws Error naming the file on failure.
+RgbImage decode_image_file(const std::filesystem::path& path);
+RgbImage decode_image_bytes(std::span<const std::uint8_t> data, const std::filesystem::path& name_for_errors);
+
+enum class ResizeFilter { Bilinear, Bicubic };
+
+// torchvision Resize(size) on the shorter side (long side truncated), then PIL's antialiased resize.
+RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filter);
+// PIL Image.resize((width, height), filter).
+RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter);
+// torchvision CenterCrop(size) with round-half-to-even offsets.
+RgbImage center_crop(const RgbImage& image, int size);
+
+struct Preprocess {
+  int resize = 224;
+  ResizeFilter filter = ResizeFilter::Bicubic;
+  int crop = 224;
+  std::array<float, 3> mean{};
+  std::array<float, 3> std{};
+};
+Preprocess clip_preprocess(int resolution);  // clip.clip._transform(resolution)
+Preprocess imagenet_preprocess();            // ResNet50_Weights.IMAGENET1K_V1.transforms()
+
+// Resize + crop (the PIL part of the pipeline).
+RgbImage apply_geometry(const RgbImage& image, const Preprocess& preprocess);
+// ToTensor + Normalize in float32: writes 3 * crop * crop floats, CHW.
+void normalize_to_chw(const RgbImage& cropped, const Preprocess& preprocess, std::span<float> out);
+
+}  // namespace clipdissect

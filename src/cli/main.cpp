@@ -1,0 +1,6 @@
+#include <cstdio>
+
+int main() {
+  std::puts("clipdissect " CLIPDISSECT_VERSION);
+  return 0;
+}
