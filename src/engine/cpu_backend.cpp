@@ -1,0 +1,597 @@
+// CPU backend on oneDNN. Convolution outputs stay in the blocked layout oneDNN picks, so a chain of
+// convolutions, pools and residual adds runs without reorders; token tensors ([N, L, D]) are plain
+// row-major and go through oneDNN matmul, layer norm and softmax.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "clipdissect/backend.h"
+#include "clipdissect/error.h"
+
+namespace clipdissect {
+namespace {
+
+using dnnl::memory;
+using Dims = memory::dims;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
+
+class CpuStorage final : public TensorStorage {
+ public:
+  // `owner`, when given, is the allocation that `mem` views with another descriptor.
+  explicit CpuStorage(memory mem, memory owner = {}) : mem_(std::move(mem)), owner_(std::move(owner)) {}
+  const memory& mem() const { return mem_; }
+
+ private:
+  memory mem_;
+  memory owner_;
+};
+
+Tag plain_tag(std::size_t rank) {
+  switch (rank) {
+    case 1: return Tag::a;
+    case 2: return Tag::ab;
+    case 3: return Tag::abc;
+    case 4: return Tag::abcd;
+    case 5: return Tag::abcde;
+    default: fail("cpu backend: tensors of rank {} are not supported", rank);
+  }
+}
+
+memory::desc plain_desc(const Shape& shape) { return {Dims(shape.begin(), shape.end()), kF32, plain_tag(shape.size())}; }
+
+const memory& mem_of(const Tensor& t) {
+  if (!t.defined()) fail("cpu backend: undefined tensor");
+  auto* storage = dynamic_cast<CpuStorage*>(t.storage());
+  if (!storage) fail("cpu backend: tensor belongs to another backend");
+  return storage->mem();
+}
+
+Dims dims2(std::int64_t a, std::int64_t b) { return {a, b}; }
+
+dnnl::algorithm eltwise_algorithm(Activation act) {
+  switch (act) {
+    case Activation::Relu: return dnnl::algorithm::eltwise_relu;
+    case Activation::Gelu: return dnnl::algorithm::eltwise_gelu_erf;
+    case Activation::QuickGelu: return dnnl::algorithm::eltwise_swish;
+    case Activation::None: break;
+  }
+  fail("cpu backend: no eltwise algorithm for Activation::None");
+}
+
+// swish(x) = x * sigmoid(alpha x) is QuickGELU with alpha = 1.702.
+float eltwise_alpha(Activation act) { return act == Activation::QuickGelu ? 1.702f : 0.f; }
+
+void append_activation(dnnl::post_ops& ops, Activation act) {
+  if (act != Activation::None) ops.append_eltwise(1.f, eltwise_algorithm(act), eltwise_alpha(act), 0.f);
+}
+
+struct CpuConv final : ConvParams {
+  Conv2dSpec spec;
+  memory weights_plain;  // [O, I/G, K, K] or [G, O/G, I/G, K, K]
+  memory bias;           // [O], zeros when the checkpoint has none
+  std::mutex mutex;
+  std::vector<std::pair<memory::desc, memory>> weights_by_layout;  // reordered copies, one per layout asked for
+};
+
+struct CpuLinear final : LinearParams {
+  int in = 0, out = 0;
+  memory weights;  // logical [in, out], stored as PyTorch's [out, in] (format ba)
+  memory bias;     // [1, out] or empty
+};
+
+struct CpuNorm final : NormParams {
+  memory scale, shift, mean, variance;  // mean/variance only for BatchNorm
+  float eps = 0;
+  int channels = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) { set_threads(threads); }
+
+  std::string name() const override { return "cpu"; }
+
+  void set_threads(int threads) override {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+
+  Tensor upload(std::span<const float> data, const Shape& shape) override {
+    if (static_cast<std::int64_t>(data.size()) != shape_numel(shape))
+      fail("cpu backend: upload of {} values into shape {}", data.size(), shape_to_string(shape));
+    Tensor t = empty(shape);
+    std::memcpy(data_of(t), data.data(), data.size() * sizeof(float));
+    return t;
+  }
+
+  std::vector<float> download(const Tensor& tensor) override {
+    Tensor plain = to_plain(tensor);
+    const float* p = data_of(plain);
+    return {p, p + plain.numel()};
+  }
+
+  std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
+                                          std::span<const float> bias) override {
+    auto conv = std::make_shared<CpuConv>();
+    conv->spec = spec;
+    const std::int64_t expected =
+        std::int64_t{spec.out_channels} * (spec.in_channels / spec.groups) * spec.kernel * spec.kernel;
+    if (static_cast<std::int64_t>(weight.size()) != expected || spec.in_channels % spec.groups != 0)
+      fail("cpu backend: conv weight has {} values, expected {}", weight.size(), expected);
+    conv->weights_plain = memory({conv_weight_dims(spec), kF32, spec.groups > 1 ? Tag::goihw : Tag::oihw}, engine_);
+    std::memcpy(conv->weights_plain.get_data_handle(), weight.data(), weight.size_bytes());
+    conv->bias = memory({{spec.out_channels}, kF32, Tag::a}, engine_);
+    auto* b = static_cast<float*>(conv->bias.get_data_handle());
+    if (bias.empty()) std::fill_n(b, spec.out_channels, 0.f);
+    else if (static_cast<int>(bias.size()) == spec.out_channels) std::copy(bias.begin(), bias.end(), b);
+    else fail("cpu backend: conv bias has {} values, expected {}", bias.size(), spec.out_channels);
+    return conv;
+  }
+
+  std::shared_ptr<LinearParams> make_linear(int in_features, int out_features, std::span<const float> weight,
+                                            std::span<const float> bias) override {
+    auto linear = std::make_shared<CpuLinear>();
+    linear->in = in_features;
+    linear->out = out_features;
+    if (static_cast<std::int64_t>(weight.size()) != std::int64_t{in_features} * out_features)
+      fail("cpu backend: linear weight has {} values, expected {}x{}", weight.size(), out_features, in_features);
+    linear->weights = memory({dims2(in_features, out_features), kF32, Tag::ba}, engine_);
+    std::memcpy(linear->weights.get_data_handle(), weight.data(), weight.size_bytes());
+    if (!bias.empty()) {
+      if (static_cast<int>(bias.size()) != out_features)
+        fail("cpu backend: linear bias has {} values, expected {}", bias.size(), out_features);
+      linear->bias = memory({dims2(1, out_features), kF32, Tag::ab}, engine_);
+      std::memcpy(linear->bias.get_data_handle(), bias.data(), bias.size_bytes());
+    }
+    return linear;
+  }
+
+  std::shared_ptr<NormParams> make_batch_norm(std::span<const float> gamma, std::span<const float> beta,
+                                              std::span<const float> mean, std::span<const float> var,
+                                              float eps) override {
+    auto norm = make_norm(gamma, beta, eps);
+    if (mean.size() != gamma.size() || var.size() != gamma.size())
+      fail("cpu backend: batch norm statistics have {} and {} values, expected {}", mean.size(), var.size(),
+           gamma.size());
+    norm->mean = vector_memory(mean);
+    norm->variance = vector_memory(var);
+    return norm;
+  }
+
+  std::shared_ptr<NormParams> make_layer_norm(std::span<const float> gamma, std::span<const float> beta,
+                                              float eps) override {
+    return make_norm(gamma, beta, eps);
+  }
+
+  Tensor conv2d(const ConvParams& params, const Tensor& x, const Tensor* residual, Activation act) override {
+    auto& conv = const_cast<CpuConv&>(static_cast<const CpuConv&>(params));
+    const Conv2dSpec& s = conv.spec;
+    if (x.rank() != 4 || x.dim(1) != s.in_channels)
+      fail("cpu backend: conv2d expects [N, {}, H, W], got {}", s.in_channels, shape_to_string(x.shape()));
+    const std::int64_t oh = (x.dim(2) + 2 * s.padding - s.kernel) / s.stride + 1;
+    const std::int64_t ow = (x.dim(3) + 2 * s.padding - s.kernel) / s.stride + 1;
+    const Shape out_shape{x.dim(0), s.out_channels, oh, ow};
+
+    const memory::desc src_any(Dims(x.shape().begin(), x.shape().end()), kF32, Tag::any);
+    const memory::desc dst_any(Dims(out_shape.begin(), out_shape.end()), kF32, Tag::any);
+    dnnl::post_ops ops;
+    if (residual) ops.append_sum(1.f);
+    append_activation(ops, act);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    const Dims stride{s.stride, s.stride}, pad{s.padding, s.padding};
+    dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                         src_any, conv_weights_desc(s, Tag::any), conv.bias.get_desc(), dst_any,
+                                         stride, pad, pad);
+    dnnl::convolution_forward::primitive_desc pd(desc, attr, engine_);
+
+    memory src = as_layout(mem_of(x), pd.src_desc());
+    memory dst(pd.dst_desc(), engine_);
+    if (residual) {
+      memory res = mem_of(*residual);
+      dnnl::reorder(res, dst).execute(stream_, res, dst);
+    }
+    dnnl::convolution_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src},
+                                                    {DNNL_ARG_WEIGHTS, conv_weights(conv, pd.weights_desc())},
+                                                    {DNNL_ARG_BIAS, conv.bias},
+                                                    {DNNL_ARG_DST, dst}});
+    stream_.wait();
+    return wrap(out_shape, dst);
+  }
+
+  Tensor batch_norm(const NormParams& params, const Tensor& x, Activation act) override {
+    const auto& norm = static_cast<const CpuNorm&>(params);
+    if (x.rank() != 4 || x.dim(1) != norm.channels)
+      fail("cpu backend: batch_norm expects [N, {}, H, W], got {}", norm.channels, shape_to_string(x.shape()));
+    auto flags = dnnl::normalization_flags::use_global_stats | dnnl::normalization_flags::use_scale |
+                 dnnl::normalization_flags::use_shift;
+    if (act == Activation::Relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
+    else if (act != Activation::None) fail("cpu backend: batch_norm supports only a ReLU activation");
+    const memory& src = mem_of(x);
+    dnnl::batch_normalization_forward::desc desc(dnnl::prop_kind::forward_inference, src.get_desc(), norm.eps, flags);
+    dnnl::batch_normalization_forward::primitive_desc pd(desc, engine_);
+    memory dst(pd.dst_desc(), engine_);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},           {DNNL_ARG_DST, dst},
+                                         {DNNL_ARG_MEAN, norm.mean},    {DNNL_ARG_VARIANCE, norm.variance},
+                                         {DNNL_ARG_SCALE, norm.scale},  {DNNL_ARG_SHIFT, norm.shift}};
+    if (act == Activation::Relu) args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), engine_));
+    dnnl::batch_normalization_forward(pd).execute(stream_, args);
+    stream_.wait();
+    return wrap(x.shape(), dst);
+  }
+
+  Tensor activate(const Tensor& x, Activation act) override {
+    if (act == Activation::None) return x;
+    const memory& src = mem_of(x);
+    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, eltwise_algorithm(act), src.get_desc(),
+                                     eltwise_alpha(act));
+    dnnl::eltwise_forward::primitive_desc pd(desc, engine_);
+    memory dst(pd.dst_desc(), engine_);
+    dnnl::eltwise_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    stream_.wait();
+    return wrap(x.shape(), dst);
+  }
+
+  Tensor add(const Tensor& a, const Tensor& b, Activation act) override {
+    if (a.shape() != b.shape())
+      fail("cpu backend: add of {} and {}", shape_to_string(a.shape()), shape_to_string(b.shape()));
+    const memory& src0 = mem_of(a);
+    memory src1 = as_layout(mem_of(b), src0.get_desc());
+    dnnl::post_ops ops;
+    append_activation(ops, act);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    dnnl::binary::desc desc(dnnl::algorithm::binary_add, src0.get_desc(), src1.get_desc(), src0.get_desc());
+    dnnl::binary::primitive_desc pd(desc, attr, engine_);
+    memory dst(pd.dst_desc(), engine_);
+    dnnl::binary(pd).execute(stream_, {{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}});
+    stream_.wait();
+    return wrap(a.shape(), dst);
+  }
+
+  Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding) override {
+    return pool(x, dnnl::algorithm::pooling_max, kernel, stride, padding);
+  }
+
+  Tensor avg_pool2d(const Tensor& x, int kernel) override {
+    return pool(x, dnnl::algorithm::pooling_avg_exclude_padding, kernel, kernel, 0);
+  }
+
+  Tensor global_avg_pool(const Tensor& x) override {
+    expect_rank(x, 4, "global_avg_pool");
+    return upload(summarize(x, PoolMode::Avg), {x.dim(0), x.dim(1)});
+  }
+
+  Tensor linear(const LinearParams& params, const Tensor& x, Activation act, const Tensor* residual) override {
+    const auto& linear = static_cast<const CpuLinear&>(params);
+    if (x.dim(-1) != linear.in)
+      fail("cpu backend: linear expects [..., {}], got {}", linear.in, shape_to_string(x.shape()));
+    const std::int64_t rows = x.numel() / linear.in;
+    Shape out_shape = x.shape();
+    out_shape.back() = linear.out;
+    Tensor src = to_plain(x);
+    const memory::desc src_md(dims2(rows, linear.in), kF32, Tag::ab);
+    const memory::desc dst_md(dims2(rows, linear.out), kF32, Tag::ab);
+    dnnl::post_ops ops;
+    append_activation(ops, act);
+    Tensor res_plain;
+    if (residual) {
+      if (residual->shape() != out_shape)
+        fail("cpu backend: linear residual {} for output {}", shape_to_string(residual->shape()),
+             shape_to_string(out_shape));
+      res_plain = to_plain(*residual);
+      ops.append_binary(dnnl::algorithm::binary_add, dst_md);
+    }
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    const bool has_bias = linear.bias.get(true) != nullptr;
+    dnnl::matmul::desc desc = has_bias ? dnnl::matmul::desc(src_md, linear.weights.get_desc(),
+                                                            linear.bias.get_desc(), dst_md)
+                                       : dnnl::matmul::desc(src_md, linear.weights.get_desc(), dst_md);
+    dnnl::matmul::primitive_desc pd(desc, attr, engine_);
+    Tensor out = empty(out_shape);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(src_md, engine_, data_of(src))},
+                                         {DNNL_ARG_WEIGHTS, linear.weights},
+                                         {DNNL_ARG_DST, memory(dst_md, engine_, data_of(out))}};
+    if (has_bias) args.emplace(DNNL_ARG_BIAS, linear.bias);
+    if (residual)
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(act == Activation::None ? 0 : 1) | DNNL_ARG_SRC_1,
+                   memory(dst_md, engine_, data_of(res_plain)));
+    dnnl::matmul(pd).execute(stream_, args);
+    stream_.wait();
+    return out;
+  }
+
+  Tensor layer_norm(const NormParams& params, const Tensor& x) override {
+    const auto& norm = static_cast<const CpuNorm&>(params);
+    if (x.dim(-1) != norm.channels)
+      fail("cpu backend: layer_norm expects [..., {}], got {}", norm.channels, shape_to_string(x.shape()));
+    Tensor src = to_plain(x);
+    const memory::desc md(dims2(x.numel() / norm.channels, norm.channels), kF32, Tag::ab);
+    dnnl::layer_normalization_forward::desc desc(
+        dnnl::prop_kind::forward_inference, md, norm.eps,
+        dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
+    dnnl::layer_normalization_forward::primitive_desc pd(desc, engine_);
+    Tensor out = empty(x.shape());
+    dnnl::layer_normalization_forward(pd).execute(
+        stream_, {{DNNL_ARG_SRC, memory(md, engine_, data_of(src))},
+                  {DNNL_ARG_DST, memory(md, engine_, data_of(out))},
+                  {DNNL_ARG_SCALE, norm.scale},
+                  {DNNL_ARG_SHIFT, norm.shift},
+                  {DNNL_ARG_MEAN, memory(pd.mean_desc(), engine_)},
+                  {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), engine_)}});
+    stream_.wait();
+    return out;
+  }
+
+  Tensor grid_to_tokens(const Tensor& x) override {
+    expect_rank(x, 4, "grid_to_tokens");
+    memory src = mem_of(x);
+    memory dst({src.get_desc().dims(), kF32, Tag::nhwc}, engine_);
+    dnnl::reorder(src, dst).execute(stream_, src, dst);
+    stream_.wait();
+    return wrap({x.dim(0), x.dim(2) * x.dim(3), x.dim(1)},
+                memory(plain_desc({x.dim(0), x.dim(2) * x.dim(3), x.dim(1)}), engine_, dst.get_data_handle()),
+                dst);
+  }
+
+  Tensor prepend_token(const Tensor& tokens, const Tensor& first) override {
+    expect_rank(tokens, 3, "prepend_token");
+    const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
+    const bool shared = first.rank() == 1;
+    if (first.dim(-1) != d || (!shared && (first.rank() != 2 || first.dim(0) != n)))
+      fail("cpu backend: prepend_token of {} to {}", shape_to_string(first.shape()), shape_to_string(tokens.shape()));
+    Tensor src = to_plain(tokens), head = to_plain(first);
+    Tensor out = empty({n, l + 1, d});
+    const float *s = data_of(src), *h = data_of(head);
+    float* o = data_of(out);
+#pragma omp parallel for
+    for (std::int64_t i = 0; i < n; ++i) {
+      std::memcpy(o + i * (l + 1) * d, h + (shared ? 0 : i * d), d * sizeof(float));
+      std::memcpy(o + (i * (l + 1) + 1) * d, s + i * l * d, l * d * sizeof(float));
+    }
+    return out;
+  }
+
+  Tensor mean_tokens(const Tensor& tokens) override {
+    expect_rank(tokens, 3, "mean_tokens");
+    const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
+    Tensor src = to_plain(tokens);
+    Tensor out = empty({n, d});
+    const float* s = data_of(src);
+    float* o = data_of(out);
+#pragma omp parallel for
+    for (std::int64_t i = 0; i < n; ++i) {
+      float* row = o + i * d;
+      std::fill_n(row, d, 0.f);
+      for (std::int64_t t = 0; t < l; ++t)
+        for (std::int64_t c = 0; c < d; ++c) row[c] += s[(i * l + t) * d + c];
+      for (std::int64_t c = 0; c < d; ++c) row[c] /= static_cast<float>(l);
+    }
+    return out;
+  }
+
+  Tensor add_positional(const Tensor& tokens, const Tensor& positional) override {
+    expect_rank(tokens, 3, "add_positional");
+    const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
+    if (positional.rank() != 2 || positional.dim(1) != d || positional.dim(0) < l)
+      fail("cpu backend: positional embedding {} for tokens {}", shape_to_string(positional.shape()),
+           shape_to_string(tokens.shape()));
+    Tensor src = to_plain(tokens), pos = to_plain(positional);
+    Tensor out = empty(tokens.shape());
+    const float *s = data_of(src), *p = data_of(pos);
+    float* o = data_of(out);
+#pragma omp parallel for
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < l * d; ++j) o[i * l * d + j] = s[i * l * d + j] + p[j];
+    return out;
+  }
+
+  Tensor select_tokens(const Tensor& tokens, std::span<const std::int64_t> positions) override {
+    expect_rank(tokens, 3, "select_tokens");
+    const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
+    if (static_cast<std::int64_t>(positions.size()) != n)
+      fail("cpu backend: select_tokens got {} positions for {} sequences", positions.size(), n);
+    Tensor src = to_plain(tokens);
+    Tensor out = empty({n, d});
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (positions[i] < 0 || positions[i] >= l)
+        fail("cpu backend: token position {} outside a sequence of {}", positions[i], l);
+      std::memcpy(data_of(out) + i * d, data_of(src) + (i * l + positions[i]) * d, d * sizeof(float));
+    }
+    return out;
+  }
+
+  Tensor embedding(const Tensor& table, std::span<const std::int32_t> ids, std::int64_t batch,
+                   std::int64_t length) override {
+    expect_rank(table, 2, "embedding");
+    const std::int64_t vocab = table.dim(0), d = table.dim(1);
+    if (static_cast<std::int64_t>(ids.size()) != batch * length)
+      fail("cpu backend: embedding got {} ids for {}x{}", ids.size(), batch, length);
+    Tensor src = to_plain(table);
+    Tensor out = empty({batch, length, d});
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= vocab) fail("cpu backend: token id {} outside the vocabulary of {}", ids[i], vocab);
+      std::memcpy(data_of(out) + i * d, data_of(src) + ids[i] * d, d * sizeof(float));
+    }
+    return out;
+  }
+
+  Tensor attention(const Tensor& qkv, int heads, bool causal) override {
+    expect_rank(qkv, 3, "attention");
+    const std::int64_t n = qkv.dim(0), l = qkv.dim(1), d = qkv.dim(2) / 3, hd = d / heads;
+    if (qkv.dim(2) != 3 * d || d % heads != 0)
+      fail("cpu backend: attention input {} does not split into q, k, v of {} heads", shape_to_string(qkv.shape()),
+           heads);
+    Tensor packed = to_plain(qkv);
+    float* base = data_of(packed);
+    const Dims view_dims{n, heads, l, hd};
+    const Dims view_strides{l * 3 * d, hd, 3 * d, 1};
+    const memory::desc q_md(view_dims, kF32, view_strides);
+    const memory::desc kt_md({n, heads, hd, l}, kF32, Dims{l * 3 * d, hd, 1, 3 * d});
+    const memory::desc v_md(view_dims, kF32, view_strides);
+    const memory::desc scores_md({n, heads, l, l}, kF32, Tag::abcd);
+
+    // scores = (q k^T) / sqrt(hd) (+ causal mask), softmax over keys.
+    dnnl::primitive_attr score_attr;
+    score_attr.set_output_scales(0, {1.f / std::sqrt(static_cast<float>(hd))});
+    memory mask;
+    if (causal) {
+      dnnl::post_ops ops;
+      const memory::desc mask_md({1, 1, l, l}, kF32, Tag::abcd);
+      ops.append_binary(dnnl::algorithm::binary_add, mask_md);
+      score_attr.set_post_ops(ops);
+      mask = memory(mask_md, engine_);
+      float* m = static_cast<float*>(mask.get_data_handle());
+      for (std::int64_t i = 0; i < l; ++i)
+        for (std::int64_t j = 0; j < l; ++j) m[i * l + j] = j > i ? -std::numeric_limits<float>::infinity() : 0.f;
+    }
+    dnnl::matmul::primitive_desc score_pd(dnnl::matmul::desc(q_md, kt_md, scores_md), score_attr, engine_);
+    memory scores(scores_md, engine_);
+    std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, memory(q_md, engine_, base)},
+                                               {DNNL_ARG_WEIGHTS, memory(kt_md, engine_, base + d)},
+                                               {DNNL_ARG_DST, scores}};
+    if (causal) score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mask);
+    dnnl::matmul(score_pd).execute(stream_, score_args);
+
+    dnnl::softmax_forward::primitive_desc softmax_pd(
+        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, scores_md, 3), engine_);
+    dnnl::softmax_forward(softmax_pd).execute(stream_, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, scores}});
+
+    // out[n, t, h * hd + c] = sum_s p[n, h, t, s] v[n, s, h, c]
+    Tensor out = empty({n, l, d});
+    const memory::desc out_md(view_dims, kF32, Dims{l * d, hd, d, 1});
+    dnnl::matmul::primitive_desc out_pd(dnnl::matmul::desc(scores_md, v_md, out_md), engine_);
+    dnnl::matmul(out_pd).execute(stream_, {{DNNL_ARG_SRC, scores},
+                                           {DNNL_ARG_WEIGHTS, memory(v_md, engine_, base + 2 * d)},
+                                           {DNNL_ARG_DST, memory(out_md, engine_, data_of(out))}});
+    stream_.wait();
+    return out;
+  }
+
+  std::vector<float> summarize(const Tensor& x, PoolMode mode) override {
+    Tensor plain = to_plain(x);
+    const float* p = data_of(plain);
+    if (x.rank() == 2) return {p, p + x.numel()};
+    const std::int64_t n = x.dim(0), c = x.rank() == 3 ? x.dim(2) : x.dim(1);
+    std::vector<float> out(n * c);
+    if (x.rank() == 3) {  // [N, L, D]: the class token, in both modes
+      for (std::int64_t i = 0; i < n; ++i) std::memcpy(&out[i * c], p + i * x.dim(1) * c, c * sizeof(float));
+      return out;
+    }
+    expect_rank(x, 4, "summarize");
+    const std::int64_t hw = x.dim(2) * x.dim(3);
+#pragma omp parallel for
+    for (std::int64_t i = 0; i < n * c; ++i) {
+      const float* plane = p + i * hw;
+      if (mode == PoolMode::Max) {
+        float m = plane[0];
+        for (std::int64_t j = 1; j < hw && !std::isnan(m); ++j) m = std::isnan(plane[j]) ? plane[j] : std::max(m, plane[j]);
+        out[i] = m;  // NaN propagates, as torch.amax
+      } else {
+        double sum = 0;
+        for (std::int64_t j = 0; j < hw; ++j) sum += plane[j];
+        out[i] = static_cast<float>(sum / static_cast<double>(hw));
+      }
+    }
+    return out;
+  }
+
+ private:
+  static float* data_of(const Tensor& t) { return static_cast<float*>(mem_of(t).get_data_handle()); }
+
+  static void expect_rank(const Tensor& t, int rank, const char* op) {
+    if (t.rank() != rank) fail("cpu backend: {} expects a rank-{} tensor, got {}", op, rank, shape_to_string(t.shape()));
+  }
+
+  Tensor empty(const Shape& shape) { return wrap(shape, memory(plain_desc(shape), engine_)); }
+
+  static Tensor wrap(const Shape& shape, memory mem) {
+    return Tensor(shape, std::make_shared<CpuStorage>(std::move(mem)));
+  }
+  // A view with another descriptor over `owner`'s buffer; keeps the owner alive.
+  static Tensor wrap(const Shape& shape, memory view, memory owner) {
+    return Tensor(shape, std::make_shared<CpuStorage>(std::move(view), std::move(owner)));
+  }
+
+  // `mem` in layout `desc`, reordered only when it differs.
+  memory as_layout(const memory& mem, const memory::desc& desc) {
+    if (mem.get_desc() == desc) return mem;
+    memory src = mem, out(desc, engine_);
+    dnnl::reorder(src, out).execute(stream_, src, out);
+    stream_.wait();
+    return out;
+  }
+
+  Tensor to_plain(const Tensor& t) {
+    const memory& mem = mem_of(t);
+    const memory::desc plain = plain_desc(t.shape());
+    if (mem.get_desc() == plain) return t;
+    return wrap(t.shape(), as_layout(mem, plain));
+  }
+
+  static Dims conv_weight_dims(const Conv2dSpec& s) {
+    if (s.groups > 1)
+      return {s.groups, s.out_channels / s.groups, s.in_channels / s.groups, s.kernel, s.kernel};
+    return {s.out_channels, s.in_channels, s.kernel, s.kernel};
+  }
+  static memory::desc conv_weights_desc(const Conv2dSpec& s, Tag tag) { return {conv_weight_dims(s), kF32, tag}; }
+
+  memory conv_weights(CpuConv& conv, const memory::desc& desc) {
+    std::lock_guard lock(conv.mutex);
+    for (auto& [layout, mem] : conv.weights_by_layout)
+      if (layout == desc) return mem;
+    memory reordered = as_layout(conv.weights_plain, desc);
+    conv.weights_by_layout.emplace_back(desc, reordered);
+    return reordered;
+  }
+
+  Tensor pool(const Tensor& x, dnnl::algorithm algorithm, int kernel, int stride, int padding) {
+    expect_rank(x, 4, "pool");
+    const std::int64_t oh = (x.dim(2) + 2 * padding - kernel) / stride + 1;
+    const std::int64_t ow = (x.dim(3) + 2 * padding - kernel) / stride + 1;
+    const Shape out_shape{x.dim(0), x.dim(1), oh, ow};
+    const memory& src = mem_of(x);
+    const Dims k{kernel, kernel}, s{stride, stride}, p{padding, padding};
+    dnnl::pooling_forward::desc desc(dnnl::prop_kind::forward_inference, algorithm, src.get_desc(),
+                                     memory::desc(Dims(out_shape.begin(), out_shape.end()), kF32, Tag::any), s, k, p,
+                                     p);
+    dnnl::pooling_forward::primitive_desc pd(desc, engine_);
+    memory dst(pd.dst_desc(), engine_);
+    dnnl::pooling_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    stream_.wait();
+    return wrap(out_shape, dst);
+  }
+
+  memory vector_memory(std::span<const float> values) {
+    memory mem({{static_cast<std::int64_t>(values.size())}, kF32, Tag::a}, engine_);
+    std::memcpy(mem.get_data_handle(), values.data(), values.size_bytes());
+    return mem;
+  }
+
+  std::shared_ptr<CpuNorm> make_norm(std::span<const float> gamma, std::span<const float> beta, float eps) {
+    if (gamma.size() != beta.size())
+      fail("cpu backend: norm weight has {} values but bias {}", gamma.size(), beta.size());
+    auto norm = std::make_shared<CpuNorm>();
+    norm->channels = static_cast<int>(gamma.size());
+    norm->eps = eps;
+    norm->scale = vector_memory(gamma);
+    norm->shift = vector_memory(beta);
+    return norm;
+  }
+
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace clipdissect
