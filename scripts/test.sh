@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: the Release build's tests, then the unit tests again under ASan+UBSan
+# (skip the sanitizer pass with SANITIZE=0). Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_dir=${BUILD_DIR:-build}
+cmake --build "$build_dir" -j"$(nproc)"
+ctest --test-dir "$build_dir" --output-on-failure -j"$(nproc)"
+
+if [ "${SANITIZE:-1}" != 0 ]; then
+  cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCLIPDISSECT_SANITIZE=ON -DCLIPDISSECT_BUILD_BENCH=OFF
+  cmake --build build-sanitize -j"$(nproc)"
+  # oneDNN's JIT and OpenMP runtime are not instrumented; leaks inside them are not ours.
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-sanitize --output-on-failure -j"$(nproc)"
+fi
