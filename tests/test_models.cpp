@@ -1,7 +1,10 @@
 // Every model against the reference's outputs on the fixture checkpoints (random weights).
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "clipdissect/clip.h"
+#include "clipdissect/error.h"
 #include "clipdissect/network.h"
 #include "fixtures.h"
 #include "test_util.h"
@@ -171,6 +174,37 @@ TEST(TargetLoading, LayerNamesAndErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("layer4"), std::string::npos) << e.what();
   }
+}
+
+TEST(TargetLoading, VitHeadsComeFromSidecarOrAnError) {
+  namespace fs = std::filesystem;
+  auto backend = make_cpu_backend(1);
+  const fs::path dir = fs::temp_directory_path() / ("clipdissect-vit-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path checkpoint = dir / "vit.pth";
+  fs::copy_file(fixture("models/vit_target.pth"), checkpoint, fs::copy_options::overwrite_existing);
+
+  // Width 64 is no standard configuration and there is no sidecar: the error says what to write.
+  try {
+    load_target(*backend, checkpoint);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_heads"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("vit.pth.json"), std::string::npos) << e.what();
+  }
+  // --target-config naming the fixture's sidecar works from anywhere.
+  auto vit = load_target(*backend, checkpoint, fixture("models/vit_target.pth.json"));
+  EXPECT_NE(vit->describe().find("2 heads"), std::string::npos) << vit->describe();
+
+  // A sidecar that contradicts the checkpoint names the field.
+  std::ofstream(dir / "vit.pth.json") << R"({"architecture": "torchvision.vit", "num_heads": 2, "hidden_dim": 96})";
+  try {
+    load_target(*backend, checkpoint);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'hidden_dim'"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -1,0 +1,160 @@
+// The command line end to end on the fixtures: the same numbers as the library and the reference.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "clipdissect/weights.h"
+#include "fixtures.h"
+#include "test_util.h"
+
+namespace clipdissect {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixture;
+
+struct CliResult {
+  int status = -1;
+  std::string out, err;
+};
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("clipdissect-cli-" + std::to_string(::getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  CliResult run(const std::vector<std::string>& args, const std::string& input = "") {
+    const fs::path in = dir_ / "stdin", out = dir_ / "stdout", err = dir_ / "stderr";
+    std::ofstream(in, std::ios::binary) << input;
+    std::string command = quote(testing::cli_path().string());
+    for (const std::string& a : args) command += " " + quote(a);
+    command += " <" + quote(in) + " >" + quote(out) + " 2>" + quote(err);
+    const int raw = std::system(command.c_str());
+    return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
+  }
+
+  // The first `count` probe images in ImageFolder order, as a list file.
+  fs::path image_list(int count) {
+    std::ifstream index(fixture("images/index.tsv"));
+    const fs::path list = dir_ / "images.txt";
+    std::ofstream out(list);
+    std::string line;
+    for (int i = 0; i < count && std::getline(index, line); ++i)
+      out << (testing::fixtures_dir() / "images" / line.substr(0, line.find('\t'))).string() << "\n";
+    return list;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(CliTest, EmbedImagesAndTextsMatchReference) {
+  const WeightMap expected = load_weights(fixture("expected/clip_vit_image.safetensors"));
+  const fs::path images_out = dir_ / "images.safetensors";
+  CliResult r = run({"embed", "--clip", fixture("models/clip_vit.pt"), "--images", image_list(24), "--out",
+                     images_out.string(), "--batch-size", "7", "--threads", "2"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const WeightMap images = load_weights(images_out);
+  EXPECT_EQ(images.at("embeddings").shape, (Shape{24, 64}));
+  EXPECT_LE(testing::max_relative_error(to_f32(images.at("embeddings")),
+                                        testing::fixture_tensor(expected, "image_features"), 1e-1),
+            1e-4);
+
+  // The 200 words of the text fixture, one per line.
+  std::ifstream words(fixture("concepts/20k.txt"));
+  const fs::path texts = dir_ / "words.txt";
+  std::ofstream list(texts);
+  std::string word;
+  for (int i = 0; i < 200 && std::getline(words, word); ++i) list << word << "\n";
+  list.close();
+  const fs::path texts_out = dir_ / "texts.safetensors";
+  r = run({"embed", "--clip", fixture("models/clip_vit.pt"), "--texts", texts.string(), "--out", texts_out.string(),
+           "--bpe", fixture("clip/bpe_simple_vocab_16e6.txt.gz")});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_LE(testing::max_relative_error(to_f32(load_weights(texts_out).at("embeddings")),
+                                        testing::fixture_tensor(expected, "text_features_words"), 1e-1),
+            1e-4);
+}
+
+TEST_F(CliTest, ActivationsMatchReferenceHooks) {
+  const WeightMap expected = load_weights(fixture("expected/hooks_resnet_bottleneck.safetensors"));
+  for (const std::string pool : {"avg", "max"}) {
+    const fs::path out = dir_ / (pool + ".safetensors");
+    const CliResult r = run({"activations", "--target", fixture("models/resnet_bottleneck.pth"), "--layers",
+                             "conv1,layer2[0].conv1,layer4,fc", "--images", image_list(24), "--pool", pool, "--out",
+                             out.string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+    const WeightMap got = load_weights(out);
+    for (const std::string layer : {"conv1", "layer2.0.conv1", "layer4", "fc"})
+      EXPECT_LE(testing::max_relative_error(to_f32(got.at(layer)),
+                                            testing::fixture_tensor(expected, pool + "/" + layer), 1e-2),
+                1e-4)
+          << pool << " " << layer;
+  }
+}
+
+TEST_F(CliTest, ActivationsRejectUnknownLayerWithSuggestions) {
+  const CliResult r = run({"activations", "--target", fixture("models/resnet_basic.pth"), "--layers", "layer9",
+                           "--images", image_list(2), "--out", (dir_ / "x.safetensors").string()});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("no layer named 'layer9'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("layer4"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "x.safetensors"));
+}
+
+TEST_F(CliTest, TokenizeLinesFromStdin) {
+  const CliResult r = run({"tokenize", "--bpe", fixture("clip/bpe_simple_vocab_16e6.txt.gz")}, "a dog\nHello, World!\n");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string first, second;
+  std::getline(lines, first);
+  std::getline(lines, second);
+  EXPECT_EQ(first.substr(0, 6), "49406 ");
+  EXPECT_EQ(first.substr(first.size() - 6), " 49407");
+  EXPECT_EQ(std::count(first.begin(), first.end(), ' '), 3);  // start, a, dog, end
+  EXPECT_EQ(second.substr(0, 6), "49406 ");
+
+  const CliResult missing = run({"tokenize", "--bpe", (dir_ / "nope.txt.gz").string()}, "x\n");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.err.find("nope.txt.gz"), std::string::npos) << missing.err;
+}
+
+TEST_F(CliTest, InspectShowsFormatTensorsAndArchitecture) {
+  struct Case {
+    std::string file, format, architecture;
+  };
+  for (const Case& c : {Case{"models/clip_vit.jit.pt", "torchscript", "CLIP VisionTransformer"},
+                        Case{"models/resnet_places_legacy.pth.tar", "torch-legacy", "torchvision ResNet (BasicBlock"},
+                        Case{"models/vit_target.pth", "torch-zip", "torchvision VisionTransformer"},
+                        Case{"models/clip_rn.pt", "torch-zip", "CLIP ModifiedResNet"},
+                        Case{"hf/clip_hf", "safetensors", "CLIP VisionTransformer"}}) {
+    const CliResult r = run({"inspect", fixture(c.file)});
+    ASSERT_EQ(r.status, 0) << c.file << ": " << r.err;
+    EXPECT_NE(r.out.find("format: " + c.format), std::string::npos) << c.file << "\n" << r.out.substr(0, 300);
+    EXPECT_NE(r.out.find("architecture: " + c.architecture), std::string::npos) << c.file;
+  }
+  const CliResult r = run({"inspect", fixture("models/resnet_bottleneck.pth")});
+  EXPECT_NE(r.out.find("layer4.0.conv3.weight  F32  [768, 48, 1, 1]"), std::string::npos);
+  EXPECT_NE(r.out.find(" layer4.0.downsample.0 "), std::string::npos);
+}
+
+}  // namespace
+}  // namespace clipdissect
