@@ -1,0 +1,357 @@
+#include "clipdissect/similarity.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "clipdissect/error.h"
+
+namespace clipdissect {
+
+namespace {
+
+constexpr std::int64_t kImageChunk = 256;     // image rows of the image-concept matrix computed at once
+constexpr std::int64_t kConceptBlock = 1024;  // concept columns at once (rank reorder)
+
+struct NamedFunction {
+  std::string_view name;
+  SimilarityFunction function;
+};
+constexpr NamedFunction kNames[] = {
+    {"soft_wpmi", SimilarityFunction::SoftWpmi},     {"wpmi", SimilarityFunction::Wpmi},
+    {"rank_reorder", SimilarityFunction::RankReorder}, {"cos", SimilarityFunction::Cos},
+    {"cos3", SimilarityFunction::CosCubed},          {"cos_similarity", SimilarityFunction::Cos},
+    {"cos_similarity_cubed", SimilarityFunction::CosCubed},
+};
+
+// Rows of x [rows, dim] divided by their L2 norms in float32, as `x /= x.norm(dim=-1, keepdim=True)`.
+std::vector<float> normalized_rows(std::span<const float> x, std::int64_t rows, std::int64_t dim) {
+  std::vector<float> out(x.begin(), x.end());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* row = out.data() + r * dim;
+    double sq = 0;
+    for (std::int64_t i = 0; i < dim; ++i) sq += double(row[i]) * row[i];
+    const float norm = static_cast<float>(std::sqrt(sq));
+    for (std::int64_t i = 0; i < dim; ++i) row[i] /= norm;
+  }
+  return out;
+}
+
+// The image-concept matrix P = normalised images @ normalised texts^T (the reference's clip_feats),
+// computed a block of rows (and optionally columns) at a time.
+class ClipScores {
+ public:
+  explicit ClipScores(const SimilarityInputs& in)
+      : images_(normalized_rows(in.image_embeddings, in.images, in.dim)),
+        texts_(normalized_rows(in.text_embeddings, in.concepts, in.dim)),
+        dim_(in.dim),
+        concepts_(in.concepts) {}
+
+  std::int64_t concepts() const { return concepts_; }
+
+  // out[i, k - first] = P[rows[i], k] for k in [first, first + count).
+  void rows(std::span<const std::int32_t> rows, std::int64_t first, std::int64_t count, float* out) const {
+    std::vector<float> gathered(rows.size() * dim_);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      std::copy_n(images_.data() + rows[i] * dim_, dim_, gathered.data() + i * dim_);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows.size()), static_cast<int>(count),
+                static_cast<int>(dim_), 1.f, gathered.data(), static_cast<int>(dim_), texts_.data() + first * dim_,
+                static_cast<int>(dim_), 0.f, out, static_cast<int>(count));
+  }
+
+ private:
+  std::vector<float> images_, texts_;
+  std::int64_t dim_, concepts_;
+};
+
+void check_inputs(const SimilarityInputs& in) {
+  if (in.images <= 0 || in.dim <= 0 || in.concepts <= 0 || in.neurons <= 0)
+    fail("similarity: empty input ({} images, {} concepts, {} neurons, dimension {})", in.images, in.concepts,
+         in.neurons, in.dim);
+  if (static_cast<std::int64_t>(in.image_embeddings.size()) != in.images * in.dim ||
+      static_cast<std::int64_t>(in.text_embeddings.size()) != in.concepts * in.dim ||
+      static_cast<std::int64_t>(in.activations.size()) != in.images * in.neurons)
+    fail("similarity: input sizes do not match {} images x {} dims, {} concepts, {} neurons", in.images, in.dim,
+         in.concepts, in.neurons);
+}
+
+std::vector<std::int32_t> iota_rows(std::int64_t first, std::int64_t count) {
+  std::vector<std::int32_t> rows(count);
+  std::iota(rows.begin(), rows.end(), static_cast<std::int32_t>(first));
+  return rows;
+}
+
+// softmax(a * row) in place, float32 like torch.nn.functional.softmax.
+void scaled_softmax(float* row, std::int64_t n, float a) {
+  float max = -INFINITY;
+  for (std::int64_t k = 0; k < n; ++k) max = std::max(max, row[k] *= a);
+  double sum = 0;
+  for (std::int64_t k = 0; k < n; ++k) sum += (row[k] = std::exp(row[k] - max));
+  const float total = static_cast<float>(sum);
+  for (std::int64_t k = 0; k < n; ++k) row[k] /= total;
+}
+
+// SoftWPMI and WPMI: log p(concept | top images of neuron) summed over the top images (weighted by
+// rank membership p_j for SoftWPMI), minus lambda * log p(concept), where p(concept) averages over
+// the layer's neurons (logsumexp).
+std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& scores, int top_k, float a,
+                                float lambda, float min_prob, const std::vector<float>* membership) {
+  const std::int64_t c_count = in.neurons, k_count = in.concepts;
+  const auto tops = top_images(in.activations, in.images, c_count, top_k);
+
+  // For every image in some neuron's top set: which neurons, at which rank.
+  std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> members(in.images);
+  for (std::int64_t c = 0; c < c_count; ++c)
+    for (int j = 0; j < top_k; ++j) members[tops[c][j]].emplace_back(static_cast<std::int32_t>(c), j);
+  std::vector<std::int32_t> needed;
+  for (std::int64_t u = 0; u < in.images; ++u)
+    if (!members[u].empty()) needed.push_back(static_cast<std::int32_t>(u));
+
+  std::vector<double> log_p(c_count * k_count, 0.0);
+  std::vector<float> chunk(kImageChunk * k_count);
+  std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> by_neuron(c_count);  // (row in chunk, rank)
+  for (std::size_t start = 0; start < needed.size(); start += kImageChunk) {
+    const auto rows = std::span<const std::int32_t>(needed).subspan(start, std::min<std::size_t>(kImageChunk, needed.size() - start));
+    scores.rows(rows, 0, k_count, chunk.data());
+#pragma omp parallel for
+    for (std::size_t i = 0; i < rows.size(); ++i) scaled_softmax(chunk.data() + i * k_count, k_count, a);
+    for (auto& list : by_neuron) list.clear();
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      for (const auto& [c, j] : members[rows[i]]) by_neuron[c].emplace_back(static_cast<std::int32_t>(i), j);
+#pragma omp parallel for schedule(dynamic, 4)
+    for (std::int64_t c = 0; c < c_count; ++c) {
+      double* acc = log_p.data() + c * k_count;
+      for (const auto& [row, j] : by_neuron[c]) {
+        const float* s = chunk.data() + static_cast<std::int64_t>(row) * k_count;
+        if (membership) {
+          const float p = (*membership)[j];
+          for (std::int64_t k = 0; k < k_count; ++k) acc[k] += std::log(1.0f + p * (s[k] - 1.0f) + min_prob);
+        } else {
+          for (std::int64_t k = 0; k < k_count; ++k) acc[k] += std::log(s[k] + min_prob);
+        }
+      }
+    }
+  }
+
+  // log p(concept) = logsumexp over neurons - log C
+  std::vector<double> log_prior(k_count);
+  for (std::int64_t k = 0; k < k_count; ++k) {
+    double max = -INFINITY;
+    for (std::int64_t c = 0; c < c_count; ++c) max = std::max(max, log_p[c * k_count + k]);
+    double sum = 0;
+    for (std::int64_t c = 0; c < c_count; ++c) sum += std::exp(log_p[c * k_count + k] - max);
+    log_prior[k] = max + std::log(sum) - std::log(static_cast<double>(c_count));
+  }
+  std::vector<float> out(c_count * k_count);
+  for (std::int64_t c = 0; c < c_count; ++c)
+    for (std::int64_t k = 0; k < k_count; ++k)
+      out[c * k_count + k] = static_cast<float>(log_p[c * k_count + k] - lambda * log_prior[k]);
+  return out;
+}
+
+// p_j = p_start - j / top_k * (p_start - p_end), in float32 as the reference's tensor arithmetic.
+std::vector<float> membership_weights(int top_k, float p_start, float p_end) {
+  const auto span = static_cast<float>(static_cast<double>(p_start) - static_cast<double>(p_end));
+  std::vector<float> p(top_k);
+  for (int j = 0; j < top_k; ++j) p[j] = p_start - static_cast<float>(j) / static_cast<float>(top_k) * span;
+  return p;
+}
+
+// Activations [N, C] with each column transformed by `f` then divided by max(norm, min_norm); returns [N, C].
+template <typename Transform>
+std::vector<float> normalized_columns(const SimilarityInputs& in, Transform f, float min_norm) {
+  const std::int64_t n = in.images, c_count = in.neurons;
+  std::vector<float> out(in.activations.begin(), in.activations.end());
+  for (std::int64_t c = 0; c < c_count; ++c) {
+    double sum = 0;
+    for (std::int64_t i = 0; i < n; ++i) sum += out[i * c_count + c];
+    const auto mean = static_cast<float>(sum / n);
+    double sq = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      float& v = out[i * c_count + c];
+      v = f(v, mean);
+      sq += double(v) * v;
+    }
+    const float norm = std::max(static_cast<float>(std::sqrt(sq)), min_norm);
+    for (std::int64_t i = 0; i < n; ++i) out[i * c_count + c] /= norm;
+  }
+  return out;
+}
+
+// Passes over P in image chunks: `visit(chunk, first_image, rows)`.
+template <typename Visit>
+void for_each_score_chunk(const SimilarityInputs& in, const ClipScores& scores, Visit visit) {
+  std::vector<float> chunk(kImageChunk * in.concepts);
+  for (std::int64_t start = 0; start < in.images; start += kImageChunk) {
+    const std::int64_t rows = std::min(kImageChunk, in.images - start);
+    scores.rows(iota_rows(start, rows), 0, in.concepts, chunk.data());
+    visit(chunk.data(), start, rows);
+  }
+}
+
+// cos: columns of P and of the activations normalised over images, then their dot products.
+// cos3: the same after centring each column and cubing it, norms clipped at min_norm.
+std::vector<float> cosine(const SimilarityInputs& in, const ClipScores& scores, bool cubed, float min_norm) {
+  const std::int64_t c_count = in.neurons, k_count = in.concepts;
+  const std::vector<float> target =
+      cubed ? normalized_columns(in, [](float v, float mean) { const float d = v - mean; return d * d * d; }, min_norm)
+            : normalized_columns(in, [](float v, float) { return v; }, 0.f);
+
+  std::vector<double> column_mean(k_count, 0.0);
+  if (cubed) {
+    for_each_score_chunk(in, scores, [&](const float* chunk, std::int64_t, std::int64_t rows) {
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t k = 0; k < k_count; ++k) column_mean[k] += chunk[i * k_count + k];
+    });
+    for (double& m : column_mean) m /= static_cast<double>(in.images);
+  }
+  std::vector<double> column_sq(k_count, 0.0);
+  std::vector<float> dots(c_count * k_count, 0.f);
+  for_each_score_chunk(in, scores, [&](const float* chunk, std::int64_t first, std::int64_t rows) {
+    std::vector<float> x(chunk, chunk + rows * k_count);
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t k = 0; k < k_count; ++k) {
+        float& v = x[i * k_count + k];
+        if (cubed) {
+          const float d = v - static_cast<float>(column_mean[k]);
+          v = d * d * d;
+        }
+        column_sq[k] += double(v) * v;
+      }
+    // dots[C, K] += target[first:first+rows, :]^T @ x
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(c_count), static_cast<int>(k_count),
+                static_cast<int>(rows), 1.f, target.data() + first * c_count, static_cast<int>(c_count), x.data(),
+                static_cast<int>(k_count), 1.f, dots.data(), static_cast<int>(k_count));
+  });
+  for (std::int64_t k = 0; k < k_count; ++k) {
+    const float norm = std::max(static_cast<float>(std::sqrt(column_sq[k])), cubed ? min_norm : 0.f);
+    for (std::int64_t c = 0; c < c_count; ++c) dots[c * k_count + k] /= norm;
+  }
+  return dots;
+}
+
+// rank reorder: how far reordering a neuron's top images by each concept's score moves their
+// activations, relative to a random reordering and scaled by the concept's mean score; negated.
+std::vector<float> rank_reorder(const SimilarityInputs& in, const ClipScores& scores, const SimilarityParams& params) {
+  const std::int64_t c_count = in.neurons, k_count = in.concepts;
+  const int top_n = static_cast<int>(static_cast<double>(in.images) * params.rank_top_fraction);
+  if (top_n < 1) fail("rank_reorder: {} images give no top images at top_fraction {}", in.images, params.rank_top_fraction);
+  const auto tops = top_images(in.activations, in.images, c_count, top_n);
+  std::vector<std::int32_t> needed;
+  for (const auto& list : tops) needed.insert(needed.end(), list.begin(), list.end());
+  std::sort(needed.begin(), needed.end());
+  needed.erase(std::unique(needed.begin(), needed.end()), needed.end());
+  std::vector<std::int32_t> row_of(in.images, -1);
+  for (std::size_t i = 0; i < needed.size(); ++i) row_of[needed[i]] = static_cast<std::int32_t>(i);
+
+  // Each neuron's top activations (descending), and the random baseline error.
+  const double p = params.rank_p;
+  std::vector<std::vector<double>> target(c_count);
+  std::vector<double> baseline(c_count);
+  std::mt19937 rng(params.rank_seed);
+  for (std::int64_t c = 0; c < c_count; ++c) {
+    for (std::int32_t image : tops[c]) target[c].push_back(in.activations[image * c_count + c]);
+    std::vector<double> ascending(target[c].rbegin(), target[c].rend());
+    double sum = 0;
+    for (int round = 0; round < 5; ++round) {
+      std::vector<double> shuffled = ascending;
+      std::shuffle(shuffled.begin(), shuffled.end(), rng);
+      for (int j = 0; j < top_n; ++j) sum += std::pow(std::abs(ascending[j] - shuffled[j]), p);
+    }
+    baseline[c] = sum / (5.0 * top_n);
+  }
+
+  std::vector<float> out(c_count * k_count);
+  std::vector<float> block(needed.size() * kConceptBlock);
+  for (std::int64_t first = 0; first < k_count; first += kConceptBlock) {
+    const std::int64_t count = std::min(kConceptBlock, k_count - first);
+    scores.rows(needed, first, count, block.data());
+#pragma omp parallel for schedule(dynamic, 4)
+    for (std::int64_t c = 0; c < c_count; ++c) {
+      std::vector<float> values(top_n);
+      std::vector<int> order(top_n);
+      for (std::int64_t k = 0; k < count; ++k) {
+        double mean_score = 0;
+        for (int j = 0; j < top_n; ++j) mean_score += values[j] = block[row_of[tops[c][j]] * count + k];
+        mean_score /= top_n;
+        // Image j has score rank r_j (ascending); it is paired with the r_j-th smallest activation.
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return values[x] < values[y]; });
+        double error = 0;
+        for (int r = 0; r < top_n; ++r) error += std::pow(std::abs(target[c][order[r]] - target[c][top_n - 1 - r]), p);
+        error /= top_n;
+        out[c * k_count + first + k] =
+            static_cast<float>(-(error / baseline[c]) / std::pow(mean_score, static_cast<double>(params.rank_scale_p)));
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<SimilarityFunction> parse_similarity_function(std::string_view name) {
+  for (const auto& entry : kNames)
+    if (entry.name == name) return entry.function;
+  return std::nullopt;
+}
+
+std::string_view similarity_function_name(SimilarityFunction function) {
+  for (const auto& entry : kNames)
+    if (entry.function == function) return entry.name;
+  return "unknown";
+}
+
+std::vector<std::vector<std::int32_t>> top_images(std::span<const float> activations, std::int64_t images,
+                                                  std::int64_t neurons, int k) {
+  if (k > images) fail("similarity: top {} images requested but the probe set has only {}", k, images);
+  std::vector<std::vector<std::int32_t>> tops(neurons);
+#pragma omp parallel for
+  for (std::int64_t c = 0; c < neurons; ++c) {
+    std::vector<std::int32_t> order(images);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
+      const float va = activations[a * neurons + c], vb = activations[b * neurons + c];
+      return va > vb || (va == vb && a < b);
+    });
+    tops[c].assign(order.begin(), order.begin() + k);
+  }
+  return tops;
+}
+
+int required_top_images(SimilarityFunction function, std::int64_t images, const SimilarityParams& params) {
+  switch (function) {
+    case SimilarityFunction::SoftWpmi: return params.soft_wpmi_top_k;
+    case SimilarityFunction::Wpmi: return params.wpmi_top_k;
+    case SimilarityFunction::RankReorder:
+      return std::max(1, static_cast<int>(static_cast<double>(images) * params.rank_top_fraction));
+    case SimilarityFunction::Cos:
+    case SimilarityFunction::CosCubed: return 0;
+  }
+  return 0;
+}
+
+std::vector<float> compute_similarity(SimilarityFunction function, const SimilarityInputs& inputs,
+                                      const SimilarityParams& params) {
+  check_inputs(inputs);
+  const ClipScores scores(inputs);
+  switch (function) {
+    case SimilarityFunction::SoftWpmi: {
+      const std::vector<float> p = membership_weights(params.soft_wpmi_top_k, params.p_start, params.p_end);
+      return weighted_pmi(inputs, scores, params.soft_wpmi_top_k, params.soft_wpmi_a, params.soft_wpmi_lambda,
+                          params.min_prob, &p);
+    }
+    case SimilarityFunction::Wpmi:
+      return weighted_pmi(inputs, scores, params.wpmi_top_k, params.wpmi_a, params.wpmi_lambda, params.min_prob,
+                          nullptr);
+    case SimilarityFunction::RankReorder: return rank_reorder(inputs, scores, params);
+    case SimilarityFunction::Cos: return cosine(inputs, scores, false, 0.f);
+    case SimilarityFunction::CosCubed: return cosine(inputs, scores, true, params.cos_cubed_min_norm);
+  }
+  fail("similarity: unknown function");
+}
+
+}  // namespace clipdissect
