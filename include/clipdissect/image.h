@@ -29,6 +29,9 @@ RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filte
 RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter);
 // torchvision CenterCrop(size) with round-half-to-even offsets.
 RgbImage center_crop(const RgbImage& image, int size);
+// Where that crop starts along an axis of `length` pixels: int(round((length - crop) / 2.0)) with Python's
+// round-half-to-even, or, when length < crop, minus the zero padding torchvision adds before the image.
+int center_crop_offset(int length, int crop);
 
 struct Preprocess {
   int resize = 224;

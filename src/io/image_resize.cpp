@@ -1,0 +1,176 @@
+// Pillow 9.4's antialiased resampling (libImaging/Resample.c) for 8-bit RGB images, reproduced bit for bit:
+// separable passes (horizontal, then vertical) with filter support widened by the downscale factor, weights
+// normalised in double and then rounded to 22-bit fixed point, accumulation in int with a rounding bias.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "clipdissect/error.h"
+#include "clipdissect/image.h"
+#include "io/image_decoders.h"
+
+namespace clipdissect {
+namespace {
+
+// 8 bits of result, 2 bits of headroom for overshooting (negative-lobed) filters.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+constexpr int kRoundingBias = 1 << (kPrecisionBits - 1);
+
+double bilinear_filter(double x) {
+  x = std::abs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// Keys' cubic convolution with a = -0.5, written in Pillow's operation order so that doubles round alike.
+double bicubic_filter(double x) {
+  constexpr double a = -0.5;
+  x = std::abs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// Fixed-point weights of one pass: output sample i reads `count[i]` input samples from `first[i]` on.
+struct PassCoefficients {
+  int taps = 0;  // stride of `weights`
+  std::vector<int> first;
+  std::vector<int> count;
+  std::vector<std::int32_t> weights;
+};
+
+std::int32_t to_fixed_point(double weight) {
+  const double scaled = weight * (1 << kPrecisionBits);
+  return static_cast<std::int32_t>(weight < 0 ? scaled - 0.5 : scaled + 0.5);
+}
+
+// Pillow's precompute_coeffs followed by normalize_coeffs_8bpc.
+PassCoefficients compute_coefficients(int in_size, int out_size, ResizeFilter filter) {
+  const bool bicubic = filter == ResizeFilter::Bicubic;
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = (bicubic ? 2.0 : 1.0) * filter_scale;
+  const double inverse_filter_scale = 1.0 / filter_scale;  // Pillow multiplies by the reciprocal
+
+  PassCoefficients pass;
+  pass.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  pass.first.resize(out_size);
+  pass.count.resize(out_size);
+  pass.weights.assign(static_cast<std::size_t>(out_size) * pass.taps, 0);
+  std::vector<double> weights(pass.taps);
+  for (int out = 0; out < out_size; ++out) {
+    const double center = (out + 0.5) * scale;
+    const int first = std::max(static_cast<int>(center - support + 0.5), 0);
+    const int count = std::min(static_cast<int>(center + support + 0.5), in_size) - first;
+    double total = 0.0;
+    for (int i = 0; i < count; ++i) {
+      const double x = (i + first - center + 0.5) * inverse_filter_scale;
+      weights[i] = bicubic ? bicubic_filter(x) : bilinear_filter(x);
+      total += weights[i];
+    }
+    std::int32_t* fixed = &pass.weights[static_cast<std::size_t>(out) * pass.taps];
+    for (int i = 0; i < count; ++i) fixed[i] = to_fixed_point(total != 0.0 ? weights[i] / total : weights[i]);
+    pass.first[out] = first;
+    pass.count[out] = std::max(count, 0);
+  }
+  return pass;
+}
+
+std::uint8_t clip8(std::int32_t accumulator) {
+  return static_cast<std::uint8_t>(std::clamp(accumulator >> kPrecisionBits, 0, 255));
+}
+
+// Resamples rows [row_begin, row_end) of `source` horizontally.
+RgbImage resample_horizontal(const RgbImage& source, int row_begin, int row_end, const PassCoefficients& pass) {
+  RgbImage out;
+  out.width = static_cast<int>(pass.first.size());
+  out.height = row_end - row_begin;
+  out.pixels.resize(static_cast<std::size_t>(out.width) * out.height * 3);
+  const std::size_t in_stride = static_cast<std::size_t>(source.width) * 3;
+  std::uint8_t* dst = out.pixels.data();
+  for (int y = row_begin; y < row_end; ++y) {
+    const std::uint8_t* row = source.pixels.data() + y * in_stride;
+    for (int x = 0; x < out.width; ++x, dst += 3) {
+      const std::uint8_t* src = row + static_cast<std::size_t>(pass.first[x]) * 3;
+      const std::int32_t* weights = &pass.weights[static_cast<std::size_t>(x) * pass.taps];
+      std::int32_t r = kRoundingBias, g = kRoundingBias, b = kRoundingBias;
+      for (int i = 0; i < pass.count[x]; ++i, src += 3) {
+        r += src[0] * weights[i];
+        g += src[1] * weights[i];
+        b += src[2] * weights[i];
+      }
+      dst[0] = clip8(r);
+      dst[1] = clip8(g);
+      dst[2] = clip8(b);
+    }
+  }
+  return out;
+}
+
+// Resamples vertically; `source` row 0 is input row `row_offset` (rows before it were not needed).
+RgbImage resample_vertical(const RgbImage& source, int row_offset, const PassCoefficients& pass) {
+  RgbImage out;
+  out.width = source.width;
+  out.height = static_cast<int>(pass.first.size());
+  const std::size_t stride = static_cast<std::size_t>(source.width) * 3;
+  out.pixels.resize(stride * out.height);
+  // Integer sums are exact, so accumulating row by row (cache friendly) equals Pillow's column-wise order.
+  std::vector<std::int32_t> sums(stride);
+  for (int y = 0; y < out.height; ++y) {
+    std::fill(sums.begin(), sums.end(), kRoundingBias);
+    const std::int32_t* weights = &pass.weights[static_cast<std::size_t>(y) * pass.taps];
+    for (int i = 0; i < pass.count[y]; ++i) {
+      const std::uint8_t* row = source.pixels.data() + (pass.first[y] - row_offset + i) * stride;
+      for (std::size_t j = 0; j < stride; ++j) sums[j] += row[j] * weights[i];
+    }
+    std::transform(sums.begin(), sums.end(), out.pixels.begin() + y * stride, clip8);
+  }
+  return out;
+}
+
+void check_resize_arguments(const RgbImage& image, int width, int height) {
+  if (image.width <= 0 || image.height <= 0 ||
+      image.pixels.size() != static_cast<std::size_t>(image.width) * image.height * 3) {
+    fail("resize: invalid source image {}x{} with {} bytes (expected width * height * 3)", image.width,
+         image.height, image.pixels.size());
+  }
+  if (width <= 0 || height <= 0 ||
+      static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height) > detail::kMaxImagePixels) {
+    fail("resize: invalid target size {}x{} (expected positive, at most {} pixels)", width, height,
+         detail::kMaxImagePixels);
+  }
+}
+
+}  // namespace
+
+RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter) {
+  check_resize_arguments(image, width, height);
+  if (width == image.width && height == image.height) return image;
+  if (height == image.height) {
+    return resample_horizontal(image, 0, image.height, compute_coefficients(image.width, width, filter));
+  }
+  const PassCoefficients vertical = compute_coefficients(image.height, height, filter);
+  if (width == image.width) return resample_vertical(image, 0, vertical);
+  // Only the source rows that the vertical pass reads go through the horizontal pass.
+  const int row_begin = vertical.first.front();
+  const int row_end = vertical.first.back() + vertical.count.back();
+  const RgbImage narrowed =
+      resample_horizontal(image, row_begin, row_end, compute_coefficients(image.width, width, filter));
+  return resample_vertical(narrowed, row_begin, vertical);
+}
+
+RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filter) {
+  if (size <= 0) fail("resize: shorter side must be positive, got {}", size);
+  const bool portrait = image.width <= image.height;
+  const int shorter = portrait ? image.width : image.height;
+  const int longer = portrait ? image.height : image.width;
+  if (shorter <= 0) fail("resize: invalid source image {}x{}", image.width, image.height);
+  // torchvision: int(size * long / short), a float division then truncation.
+  const double exact_longer = static_cast<double>(static_cast<std::int64_t>(size) * longer) / shorter;
+  if (exact_longer > std::numeric_limits<int>::max()) {
+    fail("resize: {}x{} scaled to a shorter side of {} is too large", image.width, image.height, size);
+  }
+  const int new_longer = static_cast<int>(exact_longer);
+  return portrait ? resize(image, size, new_longer, filter) : resize(image, new_longer, size, filter);
+}
+
+}  // namespace clipdissect
