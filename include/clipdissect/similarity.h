@@ -36,6 +36,9 @@ struct SimilarityInputs {
   std::span<const float> text_embeddings;   // [K, D], un-normalised CLIP text features
   std::span<const float> activations;       // [N, C], per-image neuron summaries
   std::int64_t images = 0, dim = 0, concepts = 0, neurons = 0;
+  // Each neuron's top images when already known ([C][k], descending), else ranked from the activations.
+  // Lets a caller reproduce a recorded tie order.
+  const std::vector<std::vector<std::int32_t>>* top_images = nullptr;
 };
 
 // The images each neuron ranks highest (descending activation; ties by lower image index): [C][k].

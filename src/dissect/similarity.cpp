@@ -84,6 +84,20 @@ std::vector<std::int32_t> iota_rows(std::int64_t first, std::int64_t count) {
   return rows;
 }
 
+std::vector<std::vector<std::int32_t>> neuron_top_images(const SimilarityInputs& in, int k) {
+  if (!in.top_images) return top_images(in.activations, in.images, in.neurons, k);
+  if (static_cast<std::int64_t>(in.top_images->size()) != in.neurons)
+    fail("similarity: top images given for {} neurons, expected {}", in.top_images->size(), in.neurons);
+  std::vector<std::vector<std::int32_t>> tops;
+  for (const auto& list : *in.top_images) {
+    if (static_cast<int>(list.size()) < k) fail("similarity: {} top images given, {} needed", list.size(), k);
+    for (std::int32_t image : list)
+      if (image < 0 || image >= in.images) fail("similarity: top image {} outside {} images", image, in.images);
+    tops.emplace_back(list.begin(), list.begin() + k);
+  }
+  return tops;
+}
+
 // softmax(a * row) in place, float32 like torch.nn.functional.softmax.
 void scaled_softmax(float* row, std::int64_t n, float a) {
   float max = -INFINITY;
@@ -100,7 +114,7 @@ void scaled_softmax(float* row, std::int64_t n, float a) {
 std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& scores, int top_k, float a,
                                 float lambda, float min_prob, const std::vector<float>* membership) {
   const std::int64_t c_count = in.neurons, k_count = in.concepts;
-  const auto tops = top_images(in.activations, in.images, c_count, top_k);
+  const auto tops = neuron_top_images(in, top_k);
 
   // For every image in some neuron's top set: which neurons, at which rank.
   std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> members(in.images);
@@ -239,7 +253,7 @@ std::vector<float> rank_reorder(const SimilarityInputs& in, const ClipScores& sc
   const std::int64_t c_count = in.neurons, k_count = in.concepts;
   const int top_n = static_cast<int>(static_cast<double>(in.images) * params.rank_top_fraction);
   if (top_n < 1) fail("rank_reorder: {} images give no top images at top_fraction {}", in.images, params.rank_top_fraction);
-  const auto tops = top_images(in.activations, in.images, c_count, top_n);
+  const auto tops = neuron_top_images(in, top_n);
   std::vector<std::int32_t> needed;
   for (const auto& list : tops) needed.insert(needed.end(), list.begin(), list.end());
   std::sort(needed.begin(), needed.end());
