@@ -1,10 +1,13 @@
 #include "clipdissect/probe.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
-#include <exception>
 #include <fstream>
+#include <sstream>
 
 #include "clipdissect/error.h"
+#include "io/cifar.h"
 
 namespace clipdissect {
 
@@ -16,6 +19,12 @@ bool has_image_extension(const fs::path& path) {
   for (const char* known : {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
     if (ext == known) return true;
   return false;
+}
+
+std::string file_fingerprint(const fs::path& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return path.string() + " missing\n";
+  return fmt::format("{} {} {}.{:09}\n", path.string(), info.st_size, info.st_mtim.tv_sec, info.st_mtim.tv_nsec);
 }
 
 namespace {
@@ -57,8 +66,42 @@ std::vector<fs::path> read_list(const fs::path& list) {
     fs::path path(line);
     paths.push_back(path.is_relative() ? list.parent_path() / path : path);
   }
+  if (paths.empty()) fail("{}: the image list is empty", list.string());
   return paths;
 }
+
+// Broden's index.csv: a header whose first column is "image", then one row per image, relative to images/.
+std::vector<fs::path> read_broden_index(const fs::path& folder) {
+  const fs::path index = folder / "index.csv";
+  std::ifstream in(index);
+  if (!in) fail("{}: cannot read the Broden index", index.string());
+  std::string line;
+  if (!std::getline(in, line) || line.rfind("image,", 0) != 0)
+    fail("{}: expected a header starting with 'image,'", index.string());
+  std::vector<fs::path> paths;
+  while (std::getline(in, line)) {
+    const std::string image = line.substr(0, line.find(','));
+    if (!image.empty()) paths.push_back(folder / "images" / image);
+  }
+  if (paths.empty()) fail("{}: no images listed", index.string());
+  return paths;
+}
+
+class FileSource final : public ProbeSource {
+ public:
+  explicit FileSource(std::vector<fs::path> paths) : paths_(std::move(paths)) {}
+  std::size_t size() const override { return paths_.size(); }
+  std::string name(std::size_t index) const override { return paths_.at(index).string(); }
+  RgbImage load(std::size_t index) const override { return decode_image_file(paths_.at(index)); }
+  std::string fingerprint() const override {
+    std::string text;
+    for (const fs::path& p : paths_) text += file_fingerprint(p);
+    return text;
+  }
+
+ private:
+  std::vector<fs::path> paths_;
+};
 
 }  // namespace
 
@@ -67,27 +110,87 @@ std::vector<fs::path> list_images(const fs::path& folder_or_list) {
   if (!fs::is_directory(folder_or_list)) return read_list(folder_or_list);
   std::vector<fs::path> images;
   const std::vector<fs::path> classes = sorted_entries(folder_or_list, true);
-  if (classes.empty()) return sorted_entries(folder_or_list, false);
+  if (classes.empty()) images = sorted_entries(folder_or_list, false);
   for (const fs::path& cls : classes) walk_sorted(cls, images);
   if (images.empty()) fail("{}: no images found (extensions .jpg .jpeg .png ...)", folder_or_list.string());
   return images;
 }
 
-std::vector<float> preprocess_batch(std::span<const fs::path> paths, const Preprocess& preprocess) {
-  const std::size_t plane = static_cast<std::size_t>(3) * preprocess.crop * preprocess.crop;
-  std::vector<float> batch(paths.size() * plane);
-  std::exception_ptr error;
+ProbeSet ProbeSet::open(const fs::path& path) {
+  ProbeSet set;
+  std::shared_ptr<const ProbeSource> source;
+  if (auto cifar = open_cifar100(path)) source = std::move(cifar);
+  else if (fs::is_directory(path) && fs::exists(path / "index.csv") && fs::is_directory(path / "images"))
+    source = std::make_shared<FileSource>(read_broden_index(path));
+  else
+    source = std::make_shared<FileSource>(list_images(path));
+  set.sources_.push_back(source);
+  set.offsets_.push_back(source->size());
+  return set;
+}
+
+ProbeSet ProbeSet::join(const std::vector<ProbeSet>& sets) {
+  ProbeSet joined;
+  for (const ProbeSet& set : sets)
+    for (const auto& source : set.sources_) {
+      joined.sources_.push_back(source);
+      joined.offsets_.push_back(joined.size() + source->size());
+    }
+  return joined;
+}
+
+std::pair<const ProbeSource*, std::size_t> ProbeSet::locate(std::size_t index) const {
+  const auto it = std::upper_bound(offsets_.begin(), offsets_.end(), index);
+  if (it == offsets_.end()) fail("probe image {} out of range ({} images)", index, size());
+  const std::size_t source = it - offsets_.begin();
+  return {sources_[source].get(), index - (source == 0 ? 0 : offsets_[source - 1])};
+}
+
+std::string ProbeSet::name(std::size_t index) const {
+  const auto [source, local] = locate(index);
+  return source->name(local);
+}
+
+RgbImage ProbeSet::load(std::size_t index) const {
+  const auto [source, local] = locate(index);
+  return source->load(local);
+}
+
+std::string ProbeSet::fingerprint() const {
+  std::string text;
+  for (const auto& source : sources_) text += source->fingerprint() + "--\n";
+  return text;
+}
+
+PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std::size_t count,
+                                   std::span<const Preprocess> preprocesses) {
+  std::vector<std::vector<std::vector<float>>> per_image(count);
+  std::vector<std::string> errors(count);
 #pragma omp parallel for schedule(dynamic)
-  for (std::size_t i = 0; i < paths.size(); ++i) {
+  for (std::size_t i = 0; i < count; ++i) {
     try {
-      const RgbImage cropped = apply_geometry(decode_image_file(paths[i]), preprocess);
-      normalize_to_chw(cropped, preprocess, std::span<float>(batch).subspan(i * plane, plane));
-    } catch (...) {
-#pragma omp critical
-      if (!error) error = std::current_exception();
+      const RgbImage image = probe.load(first + i);
+      for (const Preprocess& preprocess : preprocesses) {
+        std::vector<float> pixels(static_cast<std::size_t>(3) * preprocess.crop * preprocess.crop);
+        normalize_to_chw(apply_geometry(image, preprocess), preprocess, pixels);
+        per_image[i].push_back(std::move(pixels));
+      }
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+      per_image[i].clear();
     }
   }
-  if (error) std::rethrow_exception(error);
+  PreprocessedBatch batch;
+  batch.pixels.resize(preprocesses.size());
+  for (std::size_t i = 0; i < count; ++i) {
+    if (per_image[i].empty()) {
+      batch.failures.emplace_back(first + i, errors[i]);
+      continue;
+    }
+    batch.images.push_back(first + i);
+    for (std::size_t p = 0; p < preprocesses.size(); ++p)
+      batch.pixels[p].insert(batch.pixels[p].end(), per_image[i][p].begin(), per_image[i][p].end());
+  }
   return batch;
 }
 

@@ -1,0 +1,25 @@
+// Subcommands of the clipdissect binary. Each file registers its subcommands; the options live in
+// structs owned by the callbacks, which run after parsing.
+#pragma once
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace clipdissect::cli {
+
+struct ComputeOptions {
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int batch_size = 32;
+};
+void add_compute_options(CLI::App& command, ComputeOptions& options);
+
+// "conv1,layer2[0].conv1" -> {"conv1", "layer2.0.conv1"}
+std::vector<std::string> split_layers(const std::string& list);
+
+void register_model_commands(CLI::App& app);     // inspect, tokenize, embed, activations
+void register_describe_command(CLI::App& app);   // describe
+
+}  // namespace clipdissect::cli

@@ -1,0 +1,112 @@
+// clipdissect describe: the main job.
+#include <memory>
+
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "clipdissect/describe.h"
+#include "clipdissect/error.h"
+
+namespace clipdissect::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct DescribeOptions {
+  std::string clip = "ViT-B/16", target = "resnet50", probe = "broden1_224", concepts = "20k";
+  std::string layers = "conv1,layer1,layer2,layer3,layer4";
+  std::optional<fs::path> target_config, cache_dir, bpe;
+  fs::path out;
+  std::string similarity = "soft_wpmi", pool = "avg";
+  bool no_cache = false, strict = false, quiet = false, download = false;
+  int top_concepts = 5, top_images = 10;
+  ComputeOptions compute;
+};
+
+std::vector<std::string> split_commas(const std::string& list) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) parts.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return parts;
+}
+
+fs::path resolve_input(const std::string& name_or_path, bool /*download*/, const char* flag) {
+  if (fs::exists(name_or_path)) return name_or_path;
+  fail("{}: '{}' does not exist", flag, name_or_path);
+}
+
+void run_describe(const DescribeOptions& o) {
+  DescribeConfig config;
+  config.clip = resolve_input(o.clip, o.download, "--clip");
+  config.target = resolve_input(o.target, o.download, "--target");
+  for (const std::string& probe : split_commas(o.probe)) config.probes.push_back(resolve_input(probe, o.download, "--probe"));
+  config.concepts = resolve_input(o.concepts, o.download, "--concepts");
+  config.target_config = o.target_config;
+  config.layers = split_layers(o.layers);
+  const auto similarity = parse_similarity_function(o.similarity);
+  if (!similarity) fail("--similarity: unknown function '{}' (soft_wpmi, wpmi, rank_reorder, cos, cos3)", o.similarity);
+  config.similarity = *similarity;
+  config.pool = o.pool == "max" ? PoolMode::Max : PoolMode::Avg;
+  config.batch_size = o.compute.batch_size;
+  config.threads = o.compute.threads;
+  config.cache_dir = o.cache_dir;
+  config.use_cache = !o.no_cache;
+  config.top_concepts = o.top_concepts;
+  config.top_images = o.top_images;
+  config.bpe = o.bpe;
+  config.strict = o.strict;
+  config.quiet = o.quiet;
+  if (o.quiet) spdlog::set_level(spdlog::level::warn);
+
+  const DescribeResult result = describe(config);
+  write_describe_outputs(config, result, o.out);
+  std::size_t neurons = 0;
+  for (const LayerDescription& layer : result.layers) neurons += layer.neurons.size();
+  spdlog::info("described {} neurons in {} layers on {} images ({} skipped) in {:.1f} s; results in {}", neurons,
+               result.layers.size(), result.used_images.size(), result.skipped_images.size(), result.stats.seconds,
+               o.out.string());
+}
+
+}  // namespace
+
+void register_describe_command(CLI::App& app) {
+  auto o = std::make_shared<DescribeOptions>();
+  CLI::App* cmd = app.add_subcommand("describe", "Label every neuron of the chosen layers with a concept");
+  cmd->add_option("--clip", o->clip, "CLIP checkpoint or name (ViT-B/16, RN50, ...)")->capture_default_str();
+  cmd->add_option("--target", o->target, "Target checkpoint or name (resnet50, ...)")->capture_default_str();
+  cmd->add_option("--target-config", o->target_config, "JSON with the target constructor's arguments");
+  cmd->add_option("--probe", o->probe, "Probe set(s), comma-separated: image folder, list file, Broden, CIFAR-100")
+      ->capture_default_str();
+  cmd->add_option("--concepts", o->concepts, "Concept set: one concept per line, or a name (20k)")
+      ->capture_default_str();
+  cmd->add_option("--layers", o->layers, "Comma-separated module names")->capture_default_str();
+  cmd->add_option("--out", o->out, "Output folder")->required();
+  cmd->add_option("--similarity", o->similarity, "soft_wpmi, wpmi, rank_reorder, cos or cos3")
+      ->check(CLI::IsMember({"soft_wpmi", "wpmi", "rank_reorder", "cos", "cos3"}))
+      ->capture_default_str();
+  cmd->add_option("--pool", o->pool, "Summary of conv maps: spatial avg or max")
+      ->check(CLI::IsMember({"avg", "max"}))
+      ->capture_default_str();
+  add_compute_options(*cmd, o->compute);
+  cmd->add_option("--cache-dir", o->cache_dir, "Cache folder (default: <cache>/activations)");
+  cmd->add_flag("--no-cache", o->no_cache, "Neither read nor write cached embeddings and activations");
+  cmd->add_option("--top-concepts", o->top_concepts, "Best concepts kept per neuron in descriptions.json")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--top-images", o->top_images, "Top-activating images kept per neuron")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--bpe", o->bpe, "bpe_simple_vocab_16e6.txt.gz");
+  cmd->add_flag("--strict", o->strict, "Fail on an unreadable image instead of skipping it");
+  cmd->add_flag("--quiet", o->quiet, "No progress output");
+  cmd->add_flag("--download", o->download, "Download named defaults that are missing");
+  cmd->callback([o] { run_describe(*o); });
+}
+
+}  // namespace clipdissect::cli

@@ -1,0 +1,310 @@
+// describe: one pass over the probe images (each decoded once, feeding CLIP's and the target's
+// preprocessing), text embeddings of the concepts, then per layer the similarity matrix and its argmax.
+#include "clipdissect/describe.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "clipdissect/clip.h"
+#include "clipdissect/error.h"
+#include "clipdissect/network.h"
+#include "clipdissect/paths.h"
+#include "clipdissect/probe.h"
+#include "clipdissect/tokenizer.h"
+#include "dissect/cache.h"
+#include "io/sha256.h"
+
+namespace clipdissect {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Bump when preprocessing or model code changes what a cached entry holds.
+constexpr int kCacheVersion = 1;
+
+std::string pool_name(PoolMode mode) { return mode == PoolMode::Max ? "max" : "avg"; }
+
+struct Keys {
+  std::string clip, target;  // checksums
+  std::string probe, concepts;
+
+  std::string image() const { return fmt::format("clip-image v{}\nclip {}\nprobe {}\n", kCacheVersion, clip, probe); }
+  std::string text() const { return fmt::format("clip-text v{}\nclip {}\nconcepts {}\n", kCacheVersion, clip, concepts); }
+  std::string layer(const std::string& name, PoolMode pool, const std::string& config) const {
+    return fmt::format("target v{}\ntarget {}\nconfig {}\nprobe {}\nlayer {}\npool {}\n", kCacheVersion, target,
+                       config, probe, name, pool_name(pool));
+  }
+};
+
+std::vector<std::int64_t> iota64(std::int64_t n) {
+  std::vector<std::int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  return ids;
+}
+
+// Everything the image pass produces: CLIP embeddings and the summaries of the layers not cached.
+struct ImagePass {
+  std::optional<CachedMatrix> clip_images;
+  std::map<std::string, CachedMatrix> layers;
+};
+
+class Describer {
+ public:
+  explicit Describer(const DescribeConfig& config)
+      : config_(config),
+        backend_(make_cpu_backend(config.threads)),
+        cache_(config.use_cache ? std::optional<fs::path>(config.cache_dir.value_or(default_cache_dir() / "activations"))
+                                : std::nullopt) {}
+
+  DescribeResult run();
+
+ private:
+  ClipModel& clip() {
+    if (!clip_) clip_ = ClipModel::load(*backend_, config_.clip);
+    return *clip_;
+  }
+  Network& target() {
+    if (!target_) target_ = load_target(*backend_, config_.target, config_.target_config);
+    return *target_;
+  }
+
+  void validate_layers();
+  ImagePass image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result);
+  CachedMatrix text_embeddings(const std::vector<std::string>& concepts);
+  LayerDescription describe_layer(const std::string& name, const CachedMatrix& activations,
+                                  const CachedMatrix& images, const CachedMatrix& texts) const;
+
+  const DescribeConfig& config_;
+  std::unique_ptr<Backend> backend_;
+  ActivationCache cache_;
+  std::unique_ptr<ClipModel> clip_;
+  std::unique_ptr<Network> target_;
+  ProbeSet probe_;
+  Keys keys_;
+};
+
+void Describer::validate_layers() {
+  if (config_.layers.empty()) fail("describe: no layers given (--layers)");
+  check_layer_names(target(), config_.layers, config_.target.string());
+}
+
+ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result) {
+  ImagePass pass;
+  std::vector<Preprocess> preprocesses;
+  if (need_clip) preprocesses.push_back(clip().preprocess());
+  if (!layers.empty()) preprocesses.push_back(target().preprocess());
+  Recorder recorder(*backend_, config_.pool, layers);
+  std::vector<float> clip_rows;
+  std::vector<std::int64_t> used;
+  const std::size_t total = probe_.size();
+  for (std::size_t first = 0; first < total; first += config_.batch_size) {
+    const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
+    PreprocessedBatch batch = preprocess_batch(probe_, first, count, preprocesses);
+    for (const auto& [index, reason] : batch.failures) {
+      if (config_.strict) fail("{} (--strict)", reason);
+      spdlog::warn("skipping image: {}", reason);
+      result.skipped_images.emplace_back(static_cast<std::int64_t>(index), reason);
+    }
+    if (batch.images.empty()) continue;
+    used.insert(used.end(), batch.images.begin(), batch.images.end());
+    const std::int64_t n = static_cast<std::int64_t>(batch.images.size());
+    std::size_t which = 0;
+    if (need_clip) {
+      const int size = preprocesses[which].crop;
+      const std::vector<float> rows = clip().encode_image(backend_->upload(batch.pixels[which++], {n, 3, size, size}));
+      clip_rows.insert(clip_rows.end(), rows.begin(), rows.end());
+    }
+    if (!layers.empty()) {
+      const int size = preprocesses[which].crop;
+      target().forward(backend_->upload(batch.pixels[which], {n, 3, size, size}), &recorder);
+    }
+    if (!config_.quiet) spdlog::info("images: {} / {}", first + count, total);
+  }
+  if (used.empty()) fail("describe: none of the {} probe images could be read", total);
+  if (need_clip) {
+    const auto n = static_cast<std::int64_t>(used.size());
+    pass.clip_images = CachedMatrix{n, static_cast<std::int64_t>(clip_rows.size()) / n, std::move(clip_rows), used};
+  }
+  for (const std::string& layer : layers) {
+    const LayerSummary& summary = recorder.summary(layer);
+    pass.layers[layer] = CachedMatrix{summary.rows(), summary.channels, summary.values, used};
+  }
+  return pass;
+}
+
+CachedMatrix Describer::text_embeddings(const std::vector<std::string>& concepts) {
+  const ClipTokenizer tokenizer = ClipTokenizer::from_file(resolve_bpe_path(config_.bpe));
+  std::vector<std::vector<std::int32_t>> tokens;
+  tokens.reserve(concepts.size());
+  for (std::size_t i = 0; i < concepts.size(); ++i) {
+    try {
+      tokens.push_back(tokenizer.tokenize(concepts[i]));
+    } catch (const Error& e) {
+      fail("{}: concept on line {}: {}", config_.concepts.string(), i + 1, e.what());
+    }
+  }
+  if (!config_.quiet) spdlog::info("encoding {} concepts", concepts.size());
+  std::vector<float> values = clip().encode_text(tokens);
+  const auto k = static_cast<std::int64_t>(concepts.size());
+  return {k, static_cast<std::int64_t>(values.size()) / k, std::move(values), iota64(k)};
+}
+
+// Highest first; NaN counts as the largest (torch.max / torch.topk); ties by lower index.
+std::vector<ScoredIndex> best_entries(const float* values, std::int64_t n, int k) {
+  std::vector<std::int64_t> order = iota64(n);
+  const auto above = [&](std::int64_t a, std::int64_t b) {
+    const bool nan_a = std::isnan(values[a]), nan_b = std::isnan(values[b]);
+    if (nan_a != nan_b) return nan_a;
+    if (!nan_a && values[a] != values[b]) return values[a] > values[b];
+    return a < b;
+  };
+  const auto keep = std::min<std::int64_t>(k, n);
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(), above);
+  std::vector<ScoredIndex> best;
+  for (std::int64_t i = 0; i < keep; ++i) best.push_back({order[i], values[order[i]]});
+  return best;
+}
+
+void check_finite(const std::string& layer, const CachedMatrix& activations, const ProbeSet& probe) {
+  for (std::int64_t r = 0; r < activations.rows; ++r)
+    for (std::int64_t c = 0; c < activations.cols; ++c)
+      if (!std::isfinite(activations.values[r * activations.cols + c]))
+        fail("layer '{}', unit {}: non-finite activation {} on image {} ({}); check the checkpoint and inputs",
+             layer, c, activations.values[r * activations.cols + c], activations.ids[r],
+             probe.name(static_cast<std::size_t>(activations.ids[r])));
+}
+
+LayerDescription Describer::describe_layer(const std::string& name, const CachedMatrix& activations,
+                                           const CachedMatrix& images, const CachedMatrix& texts) const {
+  check_finite(name, activations, probe_);
+  const int needed = required_top_images(config_.similarity, activations.rows, config_.similarity_params);
+  if (activations.rows < needed)
+    fail("describe: {} needs at least {} probe images (its top_k), but only {} could be read",
+         similarity_function_name(config_.similarity), needed, activations.rows);
+  const SimilarityInputs inputs{images.values, texts.values, activations.values, images.rows, images.cols,
+                                texts.rows,    activations.cols};
+  const std::vector<float> similarity = compute_similarity(config_.similarity, inputs, config_.similarity_params);
+  LayerDescription layer{name, {}};
+  for (std::int64_t unit = 0; unit < activations.cols; ++unit) {
+    const float* row = similarity.data() + unit * texts.rows;
+    NeuronDescription neuron;
+    neuron.unit = unit;
+    neuron.top_concepts = best_entries(row, texts.rows, std::max(1, config_.top_concepts));
+    neuron.concept_index = neuron.top_concepts.front().index;
+    neuron.similarity = neuron.top_concepts.front().score;
+    neuron.top_concepts.resize(std::min<std::size_t>(neuron.top_concepts.size(), config_.top_concepts));
+    std::vector<float> column(activations.rows);
+    for (std::int64_t r = 0; r < activations.rows; ++r) column[r] = activations.values[r * activations.cols + unit];
+    for (ScoredIndex entry : best_entries(column.data(), activations.rows, config_.top_images)) {
+      entry.index = activations.ids[entry.index];
+      neuron.top_images.push_back(entry);
+    }
+    layer.neurons.push_back(std::move(neuron));
+  }
+  return layer;
+}
+
+DescribeResult Describer::run() {
+  const auto start = std::chrono::steady_clock::now();
+  DescribeResult result;
+  result.concepts = read_concepts(config_.concepts);
+  if (config_.probes.empty()) fail("describe: no probe set given (--probe)");
+  std::vector<ProbeSet> sets;
+  for (const fs::path& path : config_.probes) sets.push_back(ProbeSet::open(path));
+  probe_ = ProbeSet::join(sets);
+  for (std::size_t i = 0; i < probe_.size(); ++i) result.image_names.push_back(probe_.name(i));
+  validate_layers();
+
+  keys_.clip = sha256_file(config_.clip);
+  keys_.target = sha256_file(config_.target);
+  keys_.probe = sha256_hex(probe_.fingerprint());
+  keys_.concepts = sha256_hex(fmt::format("{}", fmt::join(result.concepts, "\n")));
+  result.inputs = {keys_.clip, keys_.target, keys_.concepts, keys_.probe};
+  const std::string config_key = config_.target_config ? sha256_file(*config_.target_config) : "none";
+
+  std::optional<CachedMatrix> images = cache_.load("clip-image", keys_.image());
+  std::map<std::string, CachedMatrix> layers;
+  std::vector<std::string> missing;
+  for (const std::string& layer : config_.layers) {
+    if (auto cached = cache_.load("target", keys_.layer(layer, config_.pool, config_key))) layers[layer] = *cached;
+    else missing.push_back(layer);
+  }
+  result.stats.image_cache_hit = images.has_value();
+  result.stats.layer_cache_hits = static_cast<int>(layers.size());
+  if (!images || !missing.empty()) {
+    ImagePass pass = image_pass(!images, missing, result);
+    if (pass.clip_images) {
+      images = std::move(pass.clip_images);
+      cache_.store("clip-image", keys_.image(), *images);
+    }
+    for (auto& [layer, matrix] : pass.layers) {
+      cache_.store("target", keys_.layer(layer, config_.pool, config_key), matrix);
+      layers[layer] = std::move(matrix);
+    }
+  }
+  result.used_images = images->ids;
+  for (const auto& [layer, matrix] : layers)
+    if (matrix.ids != images->ids)
+      fail("describe: the probe images readable for layer '{}' differ from those of the CLIP embeddings; the probe "
+           "set changed during the run, run again",
+           layer);
+  // Images skipped in an earlier run whose results were cached: report them again.
+  if (result.skipped_images.empty() && images->rows < static_cast<std::int64_t>(probe_.size())) {
+    std::vector<bool> used(probe_.size(), false);
+    for (std::int64_t id : images->ids) used[id] = true;
+    for (std::size_t i = 0; i < probe_.size(); ++i)
+      if (!used[i]) result.skipped_images.emplace_back(static_cast<std::int64_t>(i), "unreadable in the cached run");
+  }
+
+  std::optional<CachedMatrix> texts = cache_.load("clip-text", keys_.text());
+  result.stats.text_cache_hit = texts.has_value();
+  if (!texts) {
+    texts = text_embeddings(result.concepts);
+    cache_.store("clip-text", keys_.text(), *texts);
+  }
+
+  for (const std::string& layer : config_.layers) {
+    if (!config_.quiet) spdlog::info("similarity: layer {}", layer);
+    result.layers.push_back(describe_layer(layer, layers.at(layer), *images, *texts));
+  }
+  result.stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace
+
+std::vector<std::string> read_concepts(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot read the concept set", path.string());
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::vector<std::string> concepts;
+  std::string line;
+  // Python's universal newlines: "\r\n", "\r" and "\n" all end a line.
+  for (std::size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == '\n' || text[i] == '\r') {
+      if (!line.empty()) concepts.push_back(line);
+      line.clear();
+      if (i + 1 < text.size() && text[i] == '\r' && text[i + 1] == '\n') ++i;
+    } else {
+      line += text[i];
+    }
+  }
+  if (concepts.empty()) fail("{}: the concept set is empty (one concept per line expected)", path.string());
+  return concepts;
+}
+
+DescribeResult describe(const DescribeConfig& config) {
+  openblas_set_num_threads(config.threads);
+  return Describer(config).run();
+}
+
+}  // namespace clipdissect

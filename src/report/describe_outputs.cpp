@@ -1,0 +1,124 @@
+// describe's files: descriptions.csv (the reference's columns and number format), descriptions.json
+// (top concepts and top images per neuron) and run.json (settings, version, checksums, skipped images).
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "clipdissect/describe.h"
+#include "clipdissect/error.h"
+#include "report/atomic_file.h"
+#include "report/float_format.h"
+
+namespace clipdissect {
+
+namespace {
+
+// Python csv's QUOTE_MINIMAL, as pandas.to_csv writes.
+std::string csv_field(const std::string& field) {
+  if (field.find_first_of(",\"\r\n") == std::string::npos) return field;
+  std::string quoted = "\"";
+  for (char c : field) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+std::string descriptions_csv(const DescribeResult& result) {
+  std::string csv = "layer,unit,description,similarity\n";
+  for (const LayerDescription& layer : result.layers)
+    for (const NeuronDescription& neuron : layer.neurons) {
+      // pandas writes NaN as an empty field
+      const std::string score = std::isnan(neuron.similarity) ? "" : format_float32_like_numpy(neuron.similarity);
+      csv += fmt::format("{},{},{},{}\n", csv_field(layer.name), neuron.unit,
+                         csv_field(result.concepts[neuron.concept_index]), score);
+    }
+  return csv;
+}
+
+nlohmann::json number(float value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr); }
+
+nlohmann::json descriptions_json(const DescribeConfig& config, const DescribeResult& result) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerDescription& layer : result.layers) {
+    nlohmann::json neurons = nlohmann::json::array();
+    for (const NeuronDescription& neuron : layer.neurons) {
+      nlohmann::json concepts = nlohmann::json::array(), images = nlohmann::json::array();
+      for (const ScoredIndex& c : neuron.top_concepts)
+        concepts.push_back({{"concept", result.concepts[c.index]}, {"index", c.index}, {"score", number(c.score)}});
+      for (const ScoredIndex& image : neuron.top_images)
+        images.push_back({{"index", image.index},
+                          {"path", result.image_names[image.index]},
+                          {"activation", number(image.score)}});
+      neurons.push_back({{"unit", neuron.unit},
+                         {"description", result.concepts[neuron.concept_index]},
+                         {"similarity", number(neuron.similarity)},
+                         {"top_concepts", concepts},
+                         {"top_images", images}});
+    }
+    layers.push_back({{"layer", layer.name}, {"neurons", neurons}});
+  }
+  return {{"similarity_function", similarity_function_name(config.similarity)},
+          {"pool", config.pool == PoolMode::Max ? "max" : "avg"},
+          {"concepts", result.concepts.size()},
+          {"images", result.used_images.size()},
+          {"layers", layers}};
+}
+
+nlohmann::json run_json(const DescribeConfig& config, const DescribeResult& result) {
+  nlohmann::json probes = nlohmann::json::array(), skipped = nlohmann::json::array();
+  for (const auto& p : config.probes) probes.push_back(p.string());
+  for (const auto& [index, reason] : result.skipped_images)
+    skipped.push_back({{"index", index}, {"path", result.image_names[index]}, {"reason", reason}});
+  const SimilarityParams& s = config.similarity_params;
+  return {
+      {"program", "clipdissect"},
+      {"version", CLIPDISSECT_VERSION},
+      {"settings",
+       {{"clip", config.clip.string()},
+        {"target", config.target.string()},
+        {"target_config", config.target_config ? nlohmann::json(config.target_config->string()) : nlohmann::json()},
+        {"probe", probes},
+        {"concepts", config.concepts.string()},
+        {"layers", config.layers},
+        {"similarity", similarity_function_name(config.similarity)},
+        {"similarity_params",
+         {{"soft_wpmi", {{"top_k", s.soft_wpmi_top_k}, {"a", s.soft_wpmi_a}, {"lam", s.soft_wpmi_lambda},
+                         {"p_start", s.p_start}, {"p_end", s.p_end}, {"min_prob", s.min_prob}}},
+          {"wpmi", {{"top_k", s.wpmi_top_k}, {"a", s.wpmi_a}, {"lam", s.wpmi_lambda}, {"min_prob", s.min_prob}}},
+          {"rank_reorder", {{"p", s.rank_p}, {"top_fraction", s.rank_top_fraction}, {"scale_p", s.rank_scale_p}}},
+          {"cos3", {{"min_norm", s.cos_cubed_min_norm}}}}},
+        {"pool", config.pool == PoolMode::Max ? "max" : "avg"},
+        {"batch_size", config.batch_size},
+        {"threads", config.threads},
+        {"cache", config.use_cache},
+        {"top_concepts", config.top_concepts},
+        {"top_images", config.top_images},
+        {"strict", config.strict}}},
+      {"inputs",
+       {{"clip_sha256", result.inputs.clip_sha256},
+        {"target_sha256", result.inputs.target_sha256},
+        {"concepts_sha256", result.inputs.concepts_sha256},
+        {"probe_listing_sha256", result.inputs.probe_fingerprint_sha256}}},
+      {"counts",
+       {{"probe_images", result.image_names.size()},
+        {"used_images", result.used_images.size()},
+        {"skipped_images", result.skipped_images.size()},
+        {"concepts", result.concepts.size()}}},
+      {"skipped_images", skipped},
+      {"cache",
+       {{"clip_images", result.stats.image_cache_hit},
+        {"clip_texts", result.stats.text_cache_hit},
+        {"target_layers", result.stats.layer_cache_hits}}},
+      {"seconds", result.stats.seconds},
+  };
+}
+
+}  // namespace
+
+void write_describe_outputs(const DescribeConfig& config, const DescribeResult& result,
+                            const std::filesystem::path& out_dir) {
+  std::filesystem::create_directories(out_dir);
+  write_file_atomically(out_dir / "descriptions.csv", descriptions_csv(result));
+  write_file_atomically(out_dir / "descriptions.json", descriptions_json(config, result).dump(1) + "\n");
+  // run.json last: its presence says the run completed.
+  write_file_atomically(out_dir / "run.json", run_json(config, result).dump(1) + "\n");
+}
+
+}  // namespace clipdissect

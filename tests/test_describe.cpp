@@ -1,0 +1,174 @@
+// describe end to end on the reference's e2e fixture: labels, scores and top-5 concepts.
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "clipdissect/describe.h"
+#include "clipdissect/error.h"
+#include "fixtures.h"
+
+namespace clipdissect {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixture;
+
+struct ReferenceRow {
+  std::string description;
+  double similarity = 0;
+};
+
+// layer,unit,description,similarity (descriptions here contain no commas or quotes).
+std::map<std::pair<std::string, int>, ReferenceRow> read_reference_csv(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "layer,unit,description,similarity");
+  std::map<std::pair<std::string, int>, ReferenceRow> rows;
+  while (std::getline(in, line)) {
+    std::stringstream fields(line);
+    std::string layer, unit, description, similarity;
+    std::getline(fields, layer, ',');
+    std::getline(fields, unit, ',');
+    std::getline(fields, description, ',');
+    std::getline(fields, similarity, ',');
+    rows[{layer, std::stoi(unit)}] = {description, std::stod(similarity)};
+  }
+  return rows;
+}
+
+struct Top5Entry {
+  std::int64_t concept_index;
+  double similarity;
+};
+
+// top5.tsv: layer unit rank concept_index concept similarity tie_sensitive
+std::map<std::pair<std::string, int>, std::vector<Top5Entry>> read_top5(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  std::map<std::pair<std::string, int>, std::vector<Top5Entry>> top;
+  while (std::getline(in, line)) {
+    std::stringstream fields(line);
+    std::string layer, unit, rank, index, concept, similarity;
+    std::getline(fields, layer, '\t');
+    std::getline(fields, unit, '\t');
+    std::getline(fields, rank, '\t');
+    std::getline(fields, index, '\t');
+    std::getline(fields, concept, '\t');
+    std::getline(fields, similarity, '\t');
+    top[{layer, std::stoi(unit)}].push_back({std::stoll(index), std::stod(similarity)});
+  }
+  return top;
+}
+
+class DescribeE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("clipdissect-describe-" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  DescribeConfig config(std::vector<std::string> layers) const {
+    DescribeConfig c;
+    c.clip = fixture("models/clip_vit.pt");
+    c.target = fixture("models/resnet_bottleneck.pth");
+    c.probes = {fixture("images")};
+    c.concepts = fixture("e2e/concepts.txt");
+    c.layers = std::move(layers);
+    c.batch_size = 50;
+    c.threads = 2;
+    c.cache_dir = dir_ / "cache";
+    c.bpe = fixture("clip/bpe_simple_vocab_16e6.txt.gz");
+    c.quiet = true;
+    return c;
+  }
+
+  // Same label unless the reference's own best two differ by < 1e-4; score within 1e-3 (relative above 1);
+  // top-5 scores rank by rank within 1e-3 and the same concepts where the reference's ranks are 2e-4 apart.
+  static void expect_matches(const DescribeResult& result, const fs::path& csv, const fs::path& tsv) {
+    const auto reference = read_reference_csv(csv);
+    const auto top5 = read_top5(tsv);
+    std::size_t compared = 0;
+    for (const LayerDescription& layer : result.layers)
+      for (const NeuronDescription& neuron : layer.neurons) {
+        const auto key = std::make_pair(layer.name, static_cast<int>(neuron.unit));
+        ASSERT_TRUE(reference.count(key)) << layer.name << " " << neuron.unit;
+        const ReferenceRow& want = reference.at(key);
+        const std::vector<Top5Entry>& ref_top = top5.at(key);
+        const double scale = std::max(1.0, std::abs(want.similarity));
+        EXPECT_LE(std::abs(neuron.similarity - want.similarity) / scale, 1e-3) << layer.name << " " << neuron.unit;
+        const bool near_tie = ref_top.size() > 1 && ref_top[0].similarity - ref_top[1].similarity < 1e-4;
+        if (!near_tie)
+          EXPECT_EQ(result.concepts[neuron.concept_index], want.description) << layer.name << " " << neuron.unit;
+        ASSERT_GE(neuron.top_concepts.size(), ref_top.size());
+        for (std::size_t r = 0; r < ref_top.size(); ++r) {
+          const double s = std::max(1.0, std::abs(ref_top[r].similarity));
+          EXPECT_LE(std::abs(neuron.top_concepts[r].score - ref_top[r].similarity) / s, 1e-3);
+          const bool separated = (r == 0 || ref_top[r - 1].similarity - ref_top[r].similarity > 2e-4) &&
+                                 (r + 1 == ref_top.size() || ref_top[r].similarity - ref_top[r + 1].similarity > 2e-4);
+          if (separated) EXPECT_EQ(neuron.top_concepts[r].index, ref_top[r].concept_index) << layer.name << " " << neuron.unit << " rank " << r;
+        }
+        ++compared;
+      }
+    EXPECT_EQ(compared, reference.size());
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(DescribeE2E, SoftWpmiAvgAllLayersMatchesReferenceThenWarmCacheDoesNoForwardPass) {
+  const DescribeConfig c = config({"conv1", "layer1", "layer2", "layer3", "layer4", "fc"});
+  const DescribeResult first = describe(c);
+  EXPECT_EQ(first.used_images.size(), 130u);
+  EXPECT_TRUE(first.skipped_images.empty());
+  expect_matches(first, fixture("e2e/descriptions.csv"), fixture("e2e/top5.tsv"));
+  EXPECT_FALSE(first.stats.image_cache_hit);
+
+  const DescribeResult second = describe(c);
+  EXPECT_TRUE(second.stats.image_cache_hit);
+  EXPECT_TRUE(second.stats.text_cache_hit);
+  EXPECT_EQ(second.stats.layer_cache_hits, 6);
+  for (std::size_t l = 0; l < first.layers.size(); ++l)
+    for (std::size_t u = 0; u < first.layers[l].neurons.size(); ++u) {
+      EXPECT_EQ(second.layers[l].neurons[u].concept_index, first.layers[l].neurons[u].concept_index);
+      EXPECT_EQ(second.layers[l].neurons[u].similarity, first.layers[l].neurons[u].similarity);
+    }
+}
+
+TEST_F(DescribeE2E, SoftWpmiMaxPoolLayer4MatchesReference) {
+  DescribeConfig c = config({"layer4"});
+  c.pool = PoolMode::Max;
+  expect_matches(describe(c), fixture("e2e/descriptions_max_layer4.csv"), fixture("e2e/top5_max_layer4.tsv"));
+}
+
+TEST_F(DescribeE2E, WpmiFcMatchesReference) {
+  DescribeConfig c = config({"fc"});
+  c.similarity = SimilarityFunction::Wpmi;
+  c.use_cache = false;
+  expect_matches(describe(c), fixture("e2e/descriptions_wpmi_fc.csv"), fixture("e2e/top5_wpmi_fc.tsv"));
+}
+
+TEST_F(DescribeE2E, OutputsAreWrittenWithTheReferenceColumns) {
+  DescribeConfig c = config({"fc"});
+  c.similarity = SimilarityFunction::Wpmi;
+  c.top_images = 3;
+  const DescribeResult result = describe(c);
+  write_describe_outputs(c, result, dir_ / "out");
+  const auto ours = read_reference_csv(dir_ / "out" / "descriptions.csv");
+  const auto reference = read_reference_csv(fixture("e2e/descriptions_wpmi_fc.csv"));
+  ASSERT_EQ(ours.size(), reference.size());
+  for (const auto& [key, row] : reference) EXPECT_EQ(ours.at(key).description, row.description);
+  std::ifstream json(dir_ / "out" / "descriptions.json");
+  const std::string text{std::istreambuf_iterator<char>(json), std::istreambuf_iterator<char>()};
+  EXPECT_NE(text.find("\"top_images\""), std::string::npos);
+  EXPECT_NE(text.find("Zebra_stripes"), std::string::npos);  // image paths are listed
+  EXPECT_TRUE(fs::exists(dir_ / "out" / "run.json"));
+}
+
+}  // namespace
+}  // namespace clipdissect
