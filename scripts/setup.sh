@@ -10,6 +10,7 @@ packages=(
   libdnnl-dev libopenblas-dev            # kernels
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev   # images, archives, Unicode
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
+  libcurl4-openssl-dev libssl-dev        # downloads and their SHA-256 checks
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
 )

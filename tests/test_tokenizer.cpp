@@ -10,8 +10,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <zlib.h>
@@ -20,6 +18,7 @@
 #include "clipdissect/paths.h"
 #include "clipdissect/tokenizer.h"
 #include "fixtures.h"
+#include "test_files.h"
 #include "text/clip_pretokenize.h"
 #include "text/html_entities.h"
 #include "text/text_normalize.h"
@@ -29,6 +28,8 @@ namespace {
 
 using Ids = std::vector<std::int32_t>;
 namespace fs = std::filesystem;
+using testing::EnvironmentOverride;
+using testing::TemporaryFolder;
 
 const ClipTokenizer& reference_tokenizer() {
   static const ClipTokenizer tokenizer =
@@ -321,22 +322,6 @@ TEST(PreTokenize, SplitsLikeThePattern) {
 
 // --- Loading the vocabulary -----------------------------------------------------------------------------------------
 
-class TemporaryFolder {
- public:
-  TemporaryFolder() : path_(fs::temp_directory_path() / ("clipdissect_tok_" + std::to_string(counter_++) + "_" +
-                                                         std::to_string(::getpid()))) {
-    fs::create_directories(path_);
-  }
-  ~TemporaryFolder() { fs::remove_all(path_); }
-  TemporaryFolder(const TemporaryFolder&) = delete;
-  TemporaryFolder& operator=(const TemporaryFolder&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
-
 void write_gzip(const fs::path& path, const std::string& contents) {
   gzFile file = gzopen(path.c_str(), "wb");
   ASSERT_NE(file, nullptr);
@@ -398,33 +383,6 @@ TEST(ClipTokenizerLoading, SmallVocabularyBuildsVocabularyLikeTheReference) {
 }
 
 // --- Locating the vocabulary ----------------------------------------------------------------------------------------
-
-// Sets environment variables for one test and restores them afterwards.
-class EnvironmentOverride {
- public:
-  EnvironmentOverride(std::initializer_list<std::pair<const char*, std::optional<std::string>>> values) {
-    for (const auto& [name, value] : values) {
-      const char* old = std::getenv(name);
-      saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
-      set(name, value);
-    }
-  }
-  ~EnvironmentOverride() {
-    for (const auto& [name, value] : saved_) set(name.c_str(), value);
-  }
-  EnvironmentOverride(const EnvironmentOverride&) = delete;
-  EnvironmentOverride& operator=(const EnvironmentOverride&) = delete;
-
- private:
-  static void set(const char* name, const std::optional<std::string>& value) {
-    if (value) {
-      ::setenv(name, value->c_str(), 1);
-    } else {
-      ::unsetenv(name);
-    }
-  }
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
 
 TEST(Paths, DefaultCacheDirOrder) {
   {
