@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "clipdissect/describe.h"
+#include "clipdissect/download.h"
 #include "clipdissect/error.h"
 
 namespace clipdissect::cli {
@@ -36,17 +37,12 @@ std::vector<std::string> split_commas(const std::string& list) {
   return parts;
 }
 
-fs::path resolve_input(const std::string& name_or_path, bool /*download*/, const char* flag) {
-  if (fs::exists(name_or_path)) return name_or_path;
-  fail("{}: '{}' does not exist", flag, name_or_path);
-}
-
 void run_describe(const DescribeOptions& o) {
   DescribeConfig config;
-  config.clip = resolve_input(o.clip, o.download, "--clip");
-  config.target = resolve_input(o.target, o.download, "--target");
-  for (const std::string& probe : split_commas(o.probe)) config.probes.push_back(resolve_input(probe, o.download, "--probe"));
-  config.concepts = resolve_input(o.concepts, o.download, "--concepts");
+  config.clip = resolve_named_or_path(o.clip, o.download);
+  config.target = resolve_named_or_path(o.target, o.download);
+  for (const std::string& probe : split_commas(o.probe)) config.probes.push_back(resolve_named_or_path(probe, o.download));
+  config.concepts = resolve_named_or_path(o.concepts, o.download);
   config.target_config = o.target_config;
   config.layers = split_layers(o.layers);
   const auto similarity = parse_similarity_function(o.similarity);
@@ -74,6 +70,24 @@ void run_describe(const DescribeOptions& o) {
 }
 
 }  // namespace
+
+void register_download_command(CLI::App& app) {
+  auto names = std::make_shared<std::vector<std::string>>();
+  auto quiet = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("download", "Fetch named models, data sets and concept sets into the cache");
+  std::string known;
+  for (const NamedFile& file : named_files()) known += fmt::format("\n  {} ({})", file.name, kind_description(file.kind));
+  cmd->footer("Names:" + known);
+  cmd->add_option("NAME", *names, "What to fetch")->required();
+  cmd->add_flag("--quiet", *quiet, "No progress bar");
+  cmd->callback([names, quiet] {
+    for (const std::string& name : *names) {
+      const auto file = find_named_file(name);
+      if (!file) fail("download: unknown name '{}' (`clipdissect download --help` lists them)", name);
+      spdlog::info("{}: {}", name, download_named_file(*file, *quiet).string());
+    }
+  });
+}
 
 void register_describe_command(CLI::App& app) {
   auto o = std::make_shared<DescribeOptions>();

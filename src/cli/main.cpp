@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   clipdissect::cli::register_model_commands(app);
   clipdissect::cli::register_describe_command(app);
+  clipdissect::cli::register_download_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

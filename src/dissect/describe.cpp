@@ -18,6 +18,7 @@
 #include "clipdissect/network.h"
 #include "clipdissect/paths.h"
 #include "clipdissect/probe.h"
+#include "clipdissect/progress.h"
 #include "clipdissect/tokenizer.h"
 #include "dissect/cache.h"
 #include "io/sha256.h"
@@ -106,6 +107,8 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   std::vector<float> clip_rows;
   std::vector<std::int64_t> used;
   const std::size_t total = probe_.size();
+  ProgressBar progress(need_clip && !layers.empty() ? "CLIP + target forward" : need_clip ? "CLIP images" : "target forward",
+                       total, ProgressUnit::items, config_.quiet);
   for (std::size_t first = 0; first < total; first += config_.batch_size) {
     const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
     PreprocessedBatch batch = preprocess_batch(probe_, first, count, preprocesses);
@@ -114,7 +117,10 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
       spdlog::warn("skipping image: {}", reason);
       result.skipped_images.emplace_back(static_cast<std::int64_t>(index), reason);
     }
-    if (batch.images.empty()) continue;
+    if (batch.images.empty()) {
+      progress.update(first + count);
+      continue;
+    }
     used.insert(used.end(), batch.images.begin(), batch.images.end());
     const std::int64_t n = static_cast<std::int64_t>(batch.images.size());
     std::size_t which = 0;
@@ -127,8 +133,9 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
       const int size = preprocesses[which].crop;
       target().forward(backend_->upload(batch.pixels[which], {n, 3, size, size}), &recorder);
     }
-    if (!config_.quiet) spdlog::info("images: {} / {}", first + count, total);
+    progress.update(first + count);
   }
+  progress.finish();
   if (used.empty()) fail("describe: none of the {} probe images could be read", total);
   if (need_clip) {
     const auto n = static_cast<std::int64_t>(used.size());
@@ -152,8 +159,17 @@ CachedMatrix Describer::text_embeddings(const std::vector<std::string>& concepts
       fail("{}: concept on line {}: {}", config_.concepts.string(), i + 1, e.what());
     }
   }
-  if (!config_.quiet) spdlog::info("encoding {} concepts", concepts.size());
-  std::vector<float> values = clip().encode_text(tokens);
+  ProgressBar progress("CLIP texts", tokens.size(), ProgressUnit::items, config_.quiet);
+  std::vector<float> values;
+  constexpr std::size_t kChunk = 2048;  // concepts per progress step (sorted by length within it)
+  for (std::size_t first = 0; first < tokens.size(); first += kChunk) {
+    const std::vector<std::vector<std::int32_t>> chunk(tokens.begin() + first,
+                                                       tokens.begin() + std::min(tokens.size(), first + kChunk));
+    const std::vector<float> rows = clip().encode_text(chunk);
+    values.insert(values.end(), rows.begin(), rows.end());
+    progress.update(first + chunk.size());
+  }
+  progress.finish();
   const auto k = static_cast<std::int64_t>(concepts.size());
   return {k, static_cast<std::int64_t>(values.size()) / k, std::move(values), iota64(k)};
 }
@@ -272,10 +288,13 @@ DescribeResult Describer::run() {
     cache_.store("clip-text", keys_.text(), *texts);
   }
 
+  ProgressBar progress(std::string("similarity (") + std::string(similarity_function_name(config_.similarity)) + ")",
+                       config_.layers.size(), ProgressUnit::items, config_.quiet);
   for (const std::string& layer : config_.layers) {
-    if (!config_.quiet) spdlog::info("similarity: layer {}", layer);
     result.layers.push_back(describe_layer(layer, layers.at(layer), *images, *texts));
+    progress.advance();
   }
+  progress.finish();
   result.stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

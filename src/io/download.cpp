@@ -15,11 +15,11 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include "clipdissect/download.h"
 #include "clipdissect/error.h"
+#include "io/sha256.h"
 
 namespace clipdissect {
 namespace {
@@ -31,23 +31,6 @@ constexpr long kHttpPartialContent = 206;
 constexpr long kHttpRangeNotSatisfiable = 416;
 
 // --- Hashes ---------------------------------------------------------------------------------------------------------
-
-std::string sha256_of_file(const fs::path& path) {
-  const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1) fail("OpenSSL cannot start SHA-256");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read {} to compute its SHA-256", path.string());
-  std::vector<char> buffer(1 << 20);
-  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0)
-    EVP_DigestUpdate(context.get(), buffer.data(), static_cast<std::size_t>(in.gcount()));
-  if (in.bad()) fail("error while reading {} to compute its SHA-256", path.string());
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(context.get(), digest, &length);
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
-}
 
 // The expected digest in lower case; it must be 1 to 64 hex digits (a prefix is allowed) or empty.
 std::string normalized_sha256(const std::string& expected, const std::string& url) {
@@ -215,7 +198,7 @@ FetchResult fetch(const std::string& url, const fs::path& part, const DownloadOp
 void check_sha256(const fs::path& part, const fs::path& destination, const std::string& url,
                   const std::string& expected) {
   if (expected.empty()) return;
-  const std::string actual = sha256_of_file(part);
+  const std::string actual = sha256_file(part);
   if (actual.starts_with(expected)) return;
   std::error_code ignored;
   fs::remove(part, ignored);
@@ -243,7 +226,7 @@ void download_file(const std::string& url, const fs::path& destination, const Do
 
   if (fetch(url, part, options) == FetchResult::range_not_satisfiable) {
     // The server has no bytes past the .part: it is complete if its hash says so, else start over.
-    const bool complete_part = !expected.empty() && sha256_of_file(part).starts_with(expected);
+    const bool complete_part = !expected.empty() && sha256_file(part).starts_with(expected);
     if (!complete_part) {
       fs::remove(part, error);
       fetch(url, part, options);

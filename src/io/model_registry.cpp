@@ -74,7 +74,7 @@ std::string_view path_option(NamedFileKind kind) {
   switch (kind) {
     case clip_model: return "--clip";
     case target_model: return "--target";
-    case concept_set: return "--concept-set";
+    case concept_set: return "--concepts";
     case vocabulary: return "--bpe";
     case dataset: return "";
   }

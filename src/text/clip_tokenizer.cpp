@@ -292,7 +292,8 @@ namespace {
 
 constexpr std::string_view kBpeFileName = "bpe_simple_vocab_16e6.txt.gz";
 constexpr std::string_view kHowToGetBpe =
-    "it ships in OpenAI's CLIP repository as clip/bpe_simple_vocab_16e6.txt.gz; pass --bpe FILE or set "
+    "it ships in OpenAI's CLIP repository as clip/bpe_simple_vocab_16e6.txt.gz (`clipdissect download "
+    "bpe_simple_vocab_16e6.txt.gz` fetches it into the cache); pass --bpe FILE or set "
     "CLIPDISSECT_BPE";
 
 bool is_existing_file(const std::filesystem::path& path) {
