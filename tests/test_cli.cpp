@@ -1,6 +1,4 @@
 // The command line end to end on the fixtures: the same numbers as the library and the reference.
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -8,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "clipdissect/weights.h"
+#include "cli_runner.h"
 #include "fixtures.h"
 #include "test_util.h"
 
@@ -17,21 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::fixture;
 
-struct CliResult {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using testing::CliResult;
 
 class CliTest : public ::testing::Test {
  protected:
@@ -43,13 +28,7 @@ class CliTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   CliResult run(const std::vector<std::string>& args, const std::string& input = "") {
-    const fs::path in = dir_ / "stdin", out = dir_ / "stdout", err = dir_ / "stderr";
-    std::ofstream(in, std::ios::binary) << input;
-    std::string command = quote(testing::cli_path().string());
-    for (const std::string& a : args) command += " " + quote(a);
-    command += " <" + quote(in) + " >" + quote(out) + " 2>" + quote(err);
-    const int raw = std::system(command.c_str());
-    return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
+    return testing::run_cli(args, dir_, input);
   }
 
   // The first `count` probe images in ImageFolder order, as a list file.
