@@ -26,7 +26,7 @@ struct HostTensor {
   std::string name;
   DType dtype = DType::F32;
   Shape shape;
-  std::span<const std::byte> bytes;         // contiguous row-major data
+  std::span<const std::byte> bytes;         // contiguous row-major data, aligned to the element size
   std::shared_ptr<const void> keepalive;    // owner of `bytes` (mapping or buffer)
 
   std::int64_t numel() const { return shape_numel(shape); }
