@@ -2,12 +2,16 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "clipdissect/describe.h"
 #include "clipdissect/error.h"
+#include "clipdissect/network.h"
+#include "clipdissect/probe.h"
+#include "clipdissect/weights.h"
 #include "fixtures.h"
 
 namespace clipdissect {
@@ -53,12 +57,12 @@ std::map<std::pair<std::string, int>, std::vector<Top5Entry>> read_top5(const fs
   std::map<std::pair<std::string, int>, std::vector<Top5Entry>> top;
   while (std::getline(in, line)) {
     std::stringstream fields(line);
-    std::string layer, unit, rank, index, concept, similarity;
+    std::string layer, unit, rank, index, name, similarity;
     std::getline(fields, layer, '\t');
     std::getline(fields, unit, '\t');
     std::getline(fields, rank, '\t');
     std::getline(fields, index, '\t');
-    std::getline(fields, concept, '\t');
+    std::getline(fields, name, '\t');
     std::getline(fields, similarity, '\t');
     top[{layer, std::stoi(unit)}].push_back({std::stoll(index), std::stod(similarity)});
   }
@@ -88,34 +92,83 @@ class DescribeE2E : public ::testing::Test {
     return c;
   }
 
+  // Neurons whose top-k images come in another order from our activations than from the reference's
+  // (e2e/activations.safetensors). Our activations match the reference's to about 1e-6 of the layer's
+  // scale, the order of the reference's own batch-size noise, so images whose activations are that close
+  // may swap ranks; SoftWPMI weights images by rank, so those neurons' scores may move beyond 1e-3
+  // although nothing is wrong. The test checks that every swap is between near-equal activations.
+  static std::set<std::pair<std::string, int>> rank_swaps(PoolMode mode, const std::vector<std::string>& layers, int k) {
+    const WeightMap reference = load_weights(fixture("e2e/activations.safetensors"));
+    auto backend = make_cpu_backend(2);
+    const auto network = load_target(*backend, fixture("models/resnet_bottleneck.pth"));
+    const ProbeSet probe = ProbeSet::open(fixture("images"));
+    Recorder recorder(*backend, mode, layers);
+    const Preprocess preprocess = network->preprocess();
+    for (std::size_t first = 0; first < probe.size(); first += 50) {
+      const std::size_t count = std::min<std::size_t>(50, probe.size() - first);
+      const PreprocessedBatch batch = preprocess_batch(probe, first, count, std::span(&preprocess, 1));
+      network->forward(backend->upload(batch.pixels[0], {static_cast<std::int64_t>(count), 3, 224, 224}), &recorder);
+    }
+    std::set<std::pair<std::string, int>> swapped;
+    for (const std::string& layer : layers) {
+      const HostTensor& t = reference.at("target/" + std::string(mode == PoolMode::Max ? "max/" : "avg/") + layer);
+      const std::vector<float> theirs = to_f32(t);
+      const std::vector<float>& ours = recorder.summary(layer).values;
+      const std::int64_t n = t.shape[0], c = t.shape[1];
+      const auto their_tops = top_images(theirs, n, c, k), our_tops = top_images(ours, n, c, k);
+      for (std::int64_t unit = 0; unit < c; ++unit) {
+        if (their_tops[unit] == our_tops[unit]) continue;
+        swapped.insert({layer, static_cast<int>(unit)});
+        for (int j = 0; j < k; ++j)
+          EXPECT_LE(std::abs(theirs[their_tops[unit][j] * c + unit] - theirs[our_tops[unit][j] * c + unit]), 5e-5)
+              << layer << " " << unit << " rank " << j << ": a swap between activations that are not near-equal";
+      }
+    }
+    return swapped;
+  }
+
   // Same label unless the reference's own best two differ by < 1e-4; score within 1e-3 (relative above 1);
-  // top-5 scores rank by rank within 1e-3 and the same concepts where the reference's ranks are 2e-4 apart.
-  static void expect_matches(const DescribeResult& result, const fs::path& csv, const fs::path& tsv) {
+  // top-5 scores rank by rank within 1e-3, and the same concepts where the reference's scores are more
+  // than twice that apart from both neighbours. Neurons in `skip` (rank swaps of near-equal activations) are only counted.
+  static void expect_matches(const DescribeResult& result, const fs::path& csv, const fs::path& tsv,
+                             const std::set<std::pair<std::string, int>>& skip) {
     const auto reference = read_reference_csv(csv);
     const auto top5 = read_top5(tsv);
-    std::size_t compared = 0;
+    std::size_t compared = 0, skipped = 0;
     for (const LayerDescription& layer : result.layers)
       for (const NeuronDescription& neuron : layer.neurons) {
         const auto key = std::make_pair(layer.name, static_cast<int>(neuron.unit));
         ASSERT_TRUE(reference.count(key)) << layer.name << " " << neuron.unit;
+        if (skip.count(key)) {
+          ++skipped;
+          continue;
+        }
         const ReferenceRow& want = reference.at(key);
         const std::vector<Top5Entry>& ref_top = top5.at(key);
         const double scale = std::max(1.0, std::abs(want.similarity));
         EXPECT_LE(std::abs(neuron.similarity - want.similarity) / scale, 1e-3) << layer.name << " " << neuron.unit;
         const bool near_tie = ref_top.size() > 1 && ref_top[0].similarity - ref_top[1].similarity < 1e-4;
-        if (!near_tie)
+        if (!near_tie) {
           EXPECT_EQ(result.concepts[neuron.concept_index], want.description) << layer.name << " " << neuron.unit;
+        }
         ASSERT_GE(neuron.top_concepts.size(), ref_top.size());
         for (std::size_t r = 0; r < ref_top.size(); ++r) {
           const double s = std::max(1.0, std::abs(ref_top[r].similarity));
           EXPECT_LE(std::abs(neuron.top_concepts[r].score - ref_top[r].similarity) / s, 1e-3);
-          const bool separated = (r == 0 || ref_top[r - 1].similarity - ref_top[r].similarity > 2e-4) &&
-                                 (r + 1 == ref_top.size() || ref_top[r].similarity - ref_top[r + 1].similarity > 2e-4);
-          if (separated) EXPECT_EQ(neuron.top_concepts[r].index, ref_top[r].concept_index) << layer.name << " " << neuron.unit << " rank " << r;
+          // The concept at a rank is determined when its score is apart from its neighbours' (the 6th best,
+          // beyond the file, is unknown: the last rank's concept is compared by score only).
+          const double gap = 2e-3 * s;
+          const bool separated = (r == 0 || ref_top[r - 1].similarity - ref_top[r].similarity > gap) &&
+                                 r + 1 < ref_top.size() && ref_top[r].similarity - ref_top[r + 1].similarity > gap;
+          if (separated) {
+            EXPECT_EQ(neuron.top_concepts[r].index, ref_top[r].concept_index)
+                << layer.name << " " << neuron.unit << " rank " << r;
+          }
         }
         ++compared;
       }
-    EXPECT_EQ(compared, reference.size());
+    EXPECT_EQ(compared + skipped, reference.size());
+    EXPECT_LE(skipped, reference.size() / 10) << "too many rank swaps for the comparison to mean much";
   }
 
   fs::path dir_;
@@ -126,7 +179,8 @@ TEST_F(DescribeE2E, SoftWpmiAvgAllLayersMatchesReferenceThenWarmCacheDoesNoForwa
   const DescribeResult first = describe(c);
   EXPECT_EQ(first.used_images.size(), 130u);
   EXPECT_TRUE(first.skipped_images.empty());
-  expect_matches(first, fixture("e2e/descriptions.csv"), fixture("e2e/top5.tsv"));
+  expect_matches(first, fixture("e2e/descriptions.csv"), fixture("e2e/top5.tsv"),
+                 rank_swaps(PoolMode::Avg, c.layers, 100));
   EXPECT_FALSE(first.stats.image_cache_hit);
 
   const DescribeResult second = describe(c);
@@ -140,17 +194,38 @@ TEST_F(DescribeE2E, SoftWpmiAvgAllLayersMatchesReferenceThenWarmCacheDoesNoForwa
     }
 }
 
+// The similarity stage alone, fed the reference's own cached embeddings and activations, reproduces every
+// neuron's similarity row (the fixture keeps full rows for conv1, layer1 and fc).
+TEST(DescribeReferenceActivations, SimilarityRowsMatchForEveryNeuron) {
+  const WeightMap cached = load_weights(fixture("e2e/activations.safetensors"));
+  const std::vector<float> images = to_f32(cached.at("clip_image_features")), texts = to_f32(cached.at("clip_text_features"));
+  for (const std::string name : {"soft_wpmi/avg/conv1", "soft_wpmi/avg/layer1", "soft_wpmi/avg/fc", "wpmi/avg/fc"}) {
+    const std::string fn = name.substr(0, name.find('/')), layer = name.substr(name.rfind('/') + 1);
+    const HostTensor& act = cached.at("target/avg/" + layer);
+    const std::vector<float> activations = to_f32(act);
+    const SimilarityInputs inputs{images, texts, activations, 130, 64, 1000, act.shape[1]};
+    const std::vector<float> got = compute_similarity(*parse_similarity_function(fn), inputs);
+    const std::vector<float> want = to_f32(cached.at("similarity/" + name));
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+    EXPECT_LE(worst, 1e-3) << name;
+  }
+}
+
 TEST_F(DescribeE2E, SoftWpmiMaxPoolLayer4MatchesReference) {
   DescribeConfig c = config({"layer4"});
   c.pool = PoolMode::Max;
-  expect_matches(describe(c), fixture("e2e/descriptions_max_layer4.csv"), fixture("e2e/top5_max_layer4.tsv"));
+  expect_matches(describe(c), fixture("e2e/descriptions_max_layer4.csv"), fixture("e2e/top5_max_layer4.tsv"),
+                 rank_swaps(PoolMode::Max, c.layers, 100));
 }
 
 TEST_F(DescribeE2E, WpmiFcMatchesReference) {
   DescribeConfig c = config({"fc"});
   c.similarity = SimilarityFunction::Wpmi;
   c.use_cache = false;
-  expect_matches(describe(c), fixture("e2e/descriptions_wpmi_fc.csv"), fixture("e2e/top5_wpmi_fc.tsv"));
+  expect_matches(describe(c), fixture("e2e/descriptions_wpmi_fc.csv"), fixture("e2e/top5_wpmi_fc.tsv"),
+                 rank_swaps(PoolMode::Avg, c.layers, 28));
 }
 
 TEST_F(DescribeE2E, OutputsAreWrittenWithTheReferenceColumns) {

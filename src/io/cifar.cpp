@@ -2,8 +2,10 @@
 #include "io/cifar.h"
 
 #include <fstream>
+#include <optional>
 
 #include "clipdissect/error.h"
+#include "io/unpickler.h"
 
 namespace clipdissect {
 
@@ -13,13 +15,14 @@ namespace {
 
 constexpr std::size_t kSide = 32, kPlane = kSide * kSide, kPixels = 3 * kPlane;
 
-// Images stored as planes (1024 R, 1024 G, 1024 B) at `stride` bytes apart, the first at `offset`.
+// Images stored as planes (1024 R, 1024 G, 1024 B) in records of `stride` bytes, the planes `offset`
+// bytes into each record.
 class CifarSource final : public ProbeSource {
  public:
   CifarSource(fs::path file, std::vector<std::uint8_t> bytes, std::size_t offset, std::size_t stride)
       : file_(std::move(file)), bytes_(std::move(bytes)), offset_(offset), stride_(stride) {}
 
-  std::size_t size() const override { return bytes_.size() < offset_ ? 0 : (bytes_.size() - offset_) / stride_; }
+  std::size_t size() const override { return bytes_.size() / stride_; }
   std::string name(std::size_t index) const override { return fmt::format("{}#{}", file_.string(), index); }
   RgbImage load(std::size_t index) const override {
     if (index >= size()) fail("{}: image {} out of range", file_.string(), index);
@@ -52,10 +55,35 @@ std::shared_ptr<const ProbeSource> open_binary(const fs::path& file) {
   return std::make_shared<CifarSource>(file, std::move(bytes), 2, kRecord);
 }
 
-// Python release: a pickled dict whose b'data' is a uint8 array [N, 3072].
+// Python release: a pickled dict whose 'data' is a numpy uint8 array [N, 3072], pickled as
+// numpy.core.multiarray._reconstruct(...) with the BUILD state (version, shape, dtype, fortran, raw bytes).
+// The numpy globals load as plain objects; nothing is called.
 std::shared_ptr<const ProbeSource> open_python(const fs::path& file) {
-  auto [bytes, offset] = read_cifar_python_data(file);
-  return std::make_shared<CifarSource>(file, std::move(bytes), offset, kPixels);
+  const std::vector<std::uint8_t> bytes = read_bytes(file);
+  io::Unpickler unpickler(std::as_bytes(std::span(bytes)), file.string(), {},
+                          {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"});
+  const io::Value& root = unpickler.load();
+  const io::Value* data = root.find("data");
+  const auto bad = [&](std::string_view what) -> void {
+    fail("{}: not a CIFAR-100 python split ({}); expected a pickled dict with a uint8 'data' array [N, 3072]",
+         file.string(), what);
+  };
+  if (!data || data->kind != io::Kind::Object || !data->state || data->state->kind != io::Kind::Tuple ||
+      data->state->items.size() != 5)
+    bad("no 'data' array");
+  const std::vector<io::Value*>& state = data->state->items;
+  const io::Value& shape = *state[1];
+  const io::Value& dtype = *state[2];
+  const io::Value& raw = *state[4];
+  if (shape.kind != io::Kind::Tuple || shape.items.size() != 2 || shape.items[1]->integer != kPixels)
+    bad("'data' is not [N, 3072]");
+  if (dtype.kind != io::Kind::Object || dtype.items.empty() || dtype.items[0]->text != "u1") bad("'data' is not uint8");
+  if (state[3]->kind == io::Kind::Bool && state[3]->boolean) bad("'data' is Fortran-ordered");
+  if ((raw.kind != io::Kind::String && raw.kind != io::Kind::Bytes) ||
+      static_cast<std::int64_t>(raw.text.size()) != shape.items[0]->integer * static_cast<std::int64_t>(kPixels))
+    bad("'data' has the wrong number of bytes");
+  std::vector<std::uint8_t> pixels(raw.text.begin(), raw.text.end());
+  return std::make_shared<CifarSource>(file, std::move(pixels), 0, kPixels);
 }
 
 // "<folder>:train" / "<folder>:test" -> the split file inside a release folder.

@@ -119,8 +119,12 @@ const Value* Value::find(std::string_view key) const {
   return nullptr;
 }
 
-Unpickler::Unpickler(std::span<const std::byte> data, std::string source, PersistentLoad persistent_load)
-    : data_(data), source_(std::move(source)), persistent_load_(std::move(persistent_load)) {}
+Unpickler::Unpickler(std::span<const std::byte> data, std::string source, PersistentLoad persistent_load,
+                     std::vector<std::string> plain_classes)
+    : data_(data),
+      source_(std::move(source)),
+      persistent_load_(std::move(persistent_load)),
+      plain_classes_(std::move(plain_classes)) {}
 
 const Value& Unpickler::load() {
   if (result_ == nullptr)
@@ -224,7 +228,8 @@ void Unpickler::push_global(std::string_view module, std::string_view name) {
     if (!dtype) error(fmt::format("unsupported tensor dtype: storage type {}", qualified));
     global->global = Global::StorageType;
     global->storage_dtype = *dtype;
-  } else if (is_torchscript_module(module)) {
+  } else if (is_torchscript_module(module) ||
+             std::find(plain_classes_.begin(), plain_classes_.end(), qualified) != plain_classes_.end()) {
     global->global = Global::TorchScriptClass;
   } else {
     auto allowed = std::find_if(kAllowedGlobals.begin(), kAllowedGlobals.end(),

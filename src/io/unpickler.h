@@ -47,7 +47,7 @@ enum class Global : std::uint8_t {
   RebuildParameter,  // torch._utils._rebuild_parameter(tensor, requires_grad, hooks)
   StorageType,       // torch.FloatStorage etc., only used inside persistent ids
   OrderedDict,       // collections.OrderedDict
-  TorchScriptClass,  // __torch__.* : instances become plain objects
+  TorchScriptClass,  // __torch__.* and the caller's plain classes: instances become plain objects
   FirstArgument,     // torch.jit._pickle.restore_type_tag / build_*list: return their first argument
 };
 
@@ -96,8 +96,10 @@ class Unpickler {
   // Turns a persistent id (the tuple torch writes for each storage) into a storage.
   using PersistentLoad = std::function<std::shared_ptr<Storage>(const Value& persistent_id)>;
 
-  // `source` names the file (and entry) in error messages.
-  Unpickler(std::span<const std::byte> data, std::string source, PersistentLoad persistent_load = {});
+  // `source` names the file (and entry) in error messages. `plain_classes` are further globals (fully
+  // qualified) that load as plain objects, never called: e.g. numpy's array reconstructors for CIFAR-100.
+  Unpickler(std::span<const std::byte> data, std::string source, PersistentLoad persistent_load = {},
+            std::vector<std::string> plain_classes = {});
 
   // Runs the pickle up to STOP; the result lives as long as this Unpickler.
   const Value& load();
@@ -136,6 +138,7 @@ class Unpickler {
   std::span<const std::byte> data_;
   std::string source_;
   PersistentLoad persistent_load_;
+  std::vector<std::string> plain_classes_;
   std::size_t position_ = 0;
   std::size_t opcode_position_ = 0;
   std::deque<Value> arena_;

@@ -12,7 +12,10 @@ namespace clipdissect {
 
 std::int64_t shape_numel(const Shape& shape) {
   std::int64_t numel = 1;
-  for (std::int64_t dim : shape) numel *= dim;
+  for (std::int64_t dim : shape) {
+    if (dim < 0 || (dim > 0 && numel > INT64_MAX / dim)) fail("shape {} has a negative or overflowing size", fmt::join(shape, "x"));
+    numel *= dim;
+  }
   return numel;
 }
 

@@ -25,10 +25,10 @@ Conv2d::Conv2d(WeightBinder& weights, Backend& backend, std::string name, const 
                std::optional<std::string> batch_norm_name)
     : backend_(backend), name_(std::move(name)), bn_name_(std::move(batch_norm_name)), spec_(spec) {
   const Shape weight_shape{spec.out_channels, spec.in_channels / spec.groups, spec.kernel, spec.kernel};
-  std::vector<float> weight = weights.take(name_ + ".weight", weight_shape);
-  std::vector<float> bias = weights.take_optional(name_ + ".bias", {spec.out_channels});
+  const std::vector<float> weight = weights.take(name_ + ".weight", weight_shape);
+  const std::vector<float> bias = weights.take_optional(name_ + ".bias", {spec.out_channels});
   if (!bn_name_) {
-    fused_ = backend.make_conv2d(spec, weight, bias);
+    conv_ = backend.make_conv2d(spec, weight, bias);
     return;
   }
   const Shape channels{spec.out_channels};
@@ -36,20 +36,16 @@ Conv2d::Conv2d(WeightBinder& weights, Backend& backend, std::string name, const 
   const auto gamma = weights.take(bn + ".weight", channels), beta = weights.take(bn + ".bias", channels);
   const auto mean = weights.take(bn + ".running_mean", channels), var = weights.take(bn + ".running_var", channels);
   weights.ignore(bn + ".num_batches_tracked");
+  // PyTorch's CPU inference BatchNorm: y = x * alpha + beta with alpha = weight / sqrt(var + eps) and
+  // beta = bias - mean * alpha, all in float; the same arithmetic keeps us within rounding of the reference.
   constexpr float kEps = 1e-5f;  // nn.BatchNorm2d's default, used by torchvision and CLIP
-  raw_ = backend.make_conv2d(spec, weight, bias);
-  bn_ = backend.make_batch_norm(gamma, beta, mean, var, kEps);
-
-  // Fold: w' = w * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps).
-  const std::size_t per_channel = weight.size() / spec.out_channels;
-  std::vector<float> fused_bias(spec.out_channels);
-  for (int o = 0; o < spec.out_channels; ++o) {
-    const double scale = gamma[o] / std::sqrt(static_cast<double>(var[o]) + kEps);
-    for (std::size_t i = 0; i < per_channel; ++i)
-      weight[o * per_channel + i] = static_cast<float>(weight[o * per_channel + i] * scale);
-    fused_bias[o] = static_cast<float>(((bias.empty() ? 0.0 : bias[o]) - mean[o]) * scale + beta[o]);
+  std::vector<float> alpha(spec.out_channels), shift(spec.out_channels);
+  for (int c = 0; c < spec.out_channels; ++c) {
+    alpha[c] = 1.0f / std::sqrt(var[c] + kEps) * gamma[c];
+    shift[c] = beta[c] - mean[c] * alpha[c];
   }
-  fused_ = backend.make_conv2d(spec, weight, fused_bias);
+  conv_ = backend.make_conv2d(spec, weight, bias, alpha, shift);
+  bn_ = backend.make_channel_affine(alpha, shift);
 }
 
 bool Conv2d::records(const Recorder* recorder) const {
@@ -57,14 +53,14 @@ bool Conv2d::records(const Recorder* recorder) const {
 }
 
 Tensor Conv2d::forward(const Tensor& x, Recorder* recorder, const Tensor* residual, Activation act) const {
-  if (!raw_ || !records(recorder)) {
-    Tensor y = backend_.conv2d(*fused_, x, residual, act);
+  if (!bn_ || !records(recorder)) {
+    Tensor y = backend_.conv2d(*conv_, x, residual, act);
     record_if_wanted(recorder, name_, y);
     return y;
   }
-  Tensor y = backend_.conv2d(*raw_, x, nullptr, Activation::None);
+  Tensor y = backend_.conv2d(*conv_, x, nullptr, Activation::None, true);
   record_if_wanted(recorder, name_, y);
-  y = backend_.batch_norm(*bn_, y, Activation::None);
+  y = backend_.channel_affine(*bn_, y, Activation::None);
   record_if_wanted(recorder, *bn_name_, y);
   return residual ? backend_.add(y, *residual, act) : backend_.activate(y, act);
 }

@@ -14,8 +14,9 @@ namespace clipdissect {
 
 void record_if_wanted(Recorder* recorder, const std::string& name, const Tensor& output);
 
-// nn.Conv2d, optionally followed by nn.BatchNorm2d. BatchNorm is folded into the convolution, except
-// when a recorder asks for the raw convolution or the BatchNorm output: then both run as PyTorch runs them.
+// nn.Conv2d, optionally followed by nn.BatchNorm2d. BatchNorm runs fused into the convolution as a
+// per-channel affine in PyTorch's float arithmetic; when a recorder asks for the raw convolution or the
+// BatchNorm output, the two run one after the other.
 class Conv2d {
  public:
   Conv2d(WeightBinder& weights, Backend& backend, std::string name, const Conv2dSpec& spec,
@@ -33,9 +34,8 @@ class Conv2d {
   std::string name_;
   std::optional<std::string> bn_name_;
   Conv2dSpec spec_;
-  std::shared_ptr<ConvParams> fused_;
-  std::shared_ptr<ConvParams> raw_;  // only with BatchNorm
-  std::shared_ptr<NormParams> bn_;
+  std::shared_ptr<ConvParams> conv_;
+  std::shared_ptr<NormParams> bn_;  // the same affine, on its own, for the unfused path
 };
 
 // Reads a conv spec's channel counts and kernel size from "<name>.weight" ([O, I/groups, k, k]).
