@@ -45,18 +45,7 @@ class CliTest : public ::testing::Test {
   fs::path dir_;
 };
 
-TEST_F(CliTest, EmbedImagesAndTextsMatchReference) {
-  const WeightMap expected = load_weights(fixture("expected/clip_vit_image.safetensors"));
-  const fs::path images_out = dir_ / "images.safetensors";
-  CliResult r = run({"embed", "--clip", fixture("models/clip_vit.pt"), "--images", image_list(24), "--out",
-                     images_out.string(), "--batch-size", "7", "--threads", "2"});
-  ASSERT_EQ(r.status, 0) << r.err;
-  const WeightMap images = load_weights(images_out);
-  EXPECT_EQ(images.at("embeddings").shape, (Shape{24, 64}));
-  EXPECT_LE(testing::max_relative_error(to_f32(images.at("embeddings")),
-                                        testing::fixture_tensor(expected, "image_features")),
-            1e-4);
-
+TEST_F(CliTest, EmbedImagesAndTextsMatchReferenceForBothClipTowers) {
   // The 200 words of the text fixture, one per line.
   std::ifstream words(fixture("concepts/20k.txt"));
   const fs::path texts = dir_ / "words.txt";
@@ -64,29 +53,54 @@ TEST_F(CliTest, EmbedImagesAndTextsMatchReference) {
   std::string word;
   for (int i = 0; i < 200 && std::getline(words, word); ++i) list << word << "\n";
   list.close();
-  const fs::path texts_out = dir_ / "texts.safetensors";
-  r = run({"embed", "--clip", fixture("models/clip_vit.pt"), "--texts", texts.string(), "--out", texts_out.string(),
-           "--bpe", fixture("clip/bpe_simple_vocab_16e6.txt.gz")});
-  ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_LE(testing::max_relative_error(to_f32(load_weights(texts_out).at("embeddings")),
-                                        testing::fixture_tensor(expected, "text_features_words")),
-            1e-4);
+
+  for (const std::string model : {"clip_vit", "clip_rn"}) {
+    const WeightMap expected = load_weights(fixture("expected/" + model + "_image.safetensors"));
+    const fs::path images_out = dir_ / (model + "-images.safetensors");
+    CliResult r = run({"embed", "--clip", fixture("models/" + model + ".pt"), "--images", image_list(24), "--out",
+                       images_out.string(), "--batch-size", "7", "--threads", "2"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    const WeightMap images = load_weights(images_out);
+    EXPECT_EQ(images.at("embeddings").shape, (Shape{24, 64}));
+    EXPECT_LE(testing::max_relative_error(to_f32(images.at("embeddings")),
+                                          testing::fixture_tensor(expected, "image_features")),
+              1e-4)
+        << model;
+
+    const fs::path texts_out = dir_ / (model + "-texts.safetensors");
+    r = run({"embed", "--clip", fixture("models/" + model + ".pt"), "--texts", texts.string(), "--out",
+             texts_out.string(), "--bpe", fixture("clip/bpe_simple_vocab_16e6.txt.gz")});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_LE(testing::max_relative_error(to_f32(load_weights(texts_out).at("embeddings")),
+                                          testing::fixture_tensor(expected, "text_features_words")),
+              1e-4)
+        << model;
+  }
 }
 
-TEST_F(CliTest, ActivationsMatchReferenceHooks) {
-  const WeightMap expected = load_weights(fixture("expected/hooks_resnet_bottleneck.safetensors"));
-  for (const std::string pool : {"avg", "max"}) {
-    const fs::path out = dir_ / (pool + ".safetensors");
-    const CliResult r = run({"activations", "--target", fixture("models/resnet_bottleneck.pth"), "--layers",
-                             "conv1,layer2[0].conv1,layer4,fc", "--images", image_list(24), "--pool", pool, "--out",
-                             out.string()});
-    ASSERT_EQ(r.status, 0) << r.err;
-    const WeightMap got = load_weights(out);
-    for (const std::string layer : {"conv1", "layer2.0.conv1", "layer4", "fc"})
-      EXPECT_LE(testing::max_relative_error(to_f32(got.at(layer)),
-                                            testing::fixture_tensor(expected, pool + "/" + layer)),
-                1e-4)
-          << pool << " " << layer;
+TEST_F(CliTest, ActivationsMatchReferenceHooksForEveryTarget) {
+  struct Target {
+    std::string checkpoint, reference, layers;
+  };
+  const std::string resnet_layers = "conv1,layer1,layer2,layer3,layer4,fc,layer2[0].conv1,layer4.0";
+  for (const Target& t : {Target{"resnet_basic.pth", "resnet_basic", resnet_layers},
+                          Target{"resnet_places_legacy.pth.tar", "resnet_basic", resnet_layers},
+                          Target{"resnet_bottleneck.pth", "resnet_bottleneck", resnet_layers},
+                          Target{"vit_target.pth", "vit_target",
+                                 "conv_proj,encoder.layers.encoder_layer_0,encoder.layers.encoder_layer_1,encoder,heads"}}) {
+    const WeightMap expected = load_weights(fixture("expected/hooks_" + t.reference + ".safetensors"));
+    for (const std::string pool : {"avg", "max"}) {
+      const fs::path out = dir_ / (pool + ".safetensors");
+      const CliResult r = run({"activations", "--target", fixture("models/" + t.checkpoint), "--layers", t.layers,
+                               "--images", image_list(24), "--pool", pool, "--out", out.string()});
+      ASSERT_EQ(r.status, 0) << r.err;
+      const WeightMap got = load_weights(out);
+      EXPECT_EQ(got.size(), 1 + static_cast<std::size_t>(std::count(t.layers.begin(), t.layers.end(), ',')));
+      for (const HostTensor& tensor : got.tensors())
+        EXPECT_LE(testing::max_relative_error(to_f32(tensor), testing::fixture_tensor(expected, pool + "/" + tensor.name)),
+                  1e-4)
+            << t.checkpoint << " " << pool << " " << tensor.name;
+    }
   }
 }
 

@@ -123,6 +123,50 @@ TEST_F(ProbeTest, CifarBinaryRecordsBecomeRgbImages) {
   EXPECT_THROW(ProbeSet::open(folder.string() + ":train"), Error);
 }
 
+// The python release's split files as Python 2's cPickle wrote them (protocol 2): a dict whose 'data' is
+// numpy.core.multiarray._reconstruct(ndarray, (0,), 'b') with BUILD state (1, (N, 3072), dtype('u1'),
+// False, raw bytes).
+std::string cifar_python_pickle(const std::string& pixels, int images, const std::string& global = "numpy\ndtype\n") {
+  const auto u16 = [](int v) { return std::string{static_cast<char>(v & 255), static_cast<char>(v >> 8)}; };
+  const auto u32 = [](std::size_t v) {
+    std::string out;
+    for (int i = 0; i < 4; ++i) out += static_cast<char>((v >> (8 * i)) & 255);
+    return out;
+  };
+  // Adjacent literals keep hex escapes from swallowing the letters after them.
+  using namespace std::string_literals;  // the pickle has NUL bytes
+  std::string p = "\x80\x02" "}q\x00" "(U\x04" "data"s;
+  p += "cnumpy.core.multiarray\n_reconstruct\nq\x01" "cnumpy\nndarray\nq\x02" "K\x00" "\x85" "U\x01" "b\x87" "Rq\x03"s;
+  p += "(K\x01" "K"s + std::string(1, static_cast<char>(images)) + "M" + u16(3072) + "\x86";
+  p += "c" + global + "U\x02" "u1K\x00" "K\x01" "\x87" "R(K\x03" "U\x01" "|NNNJ\xff\xff\xff\xff" "J\xff\xff\xff\xff" "K\x00" "tb"s;
+  p += "\x89" "T" + u32(pixels.size()) + pixels + "tb";
+  p += "U\x0b" "fine_labels]q\x04" "(K\x01" "K\x02" "eu."s;
+  return p;
+}
+
+TEST_F(ProbeTest, CifarPythonReleaseLoadsWithoutRunningAnything) {
+  const fs::path folder = dir_ / "cifar-100-python";
+  fs::create_directories(folder);
+  std::ofstream(folder / "meta") << "meta";
+  std::string pixels;
+  for (int n = 0; n < 2; ++n)
+    for (int i = 0; i < 3072; ++i) pixels += static_cast<char>((n * 7 + i) % 251);
+  std::ofstream(folder / "test", std::ios::binary) << cifar_python_pickle(pixels, 2);
+  const ProbeSet probe = ProbeSet::open(folder.string() + ":test");
+  ASSERT_EQ(probe.size(), 2u);
+  const RgbImage image = probe.load(1);
+  EXPECT_EQ(image.pixels[3 * 3 + 0], (7 + 3) % 251);          // R plane, pixel 3
+  EXPECT_EQ(image.pixels[3 * 3 + 2], (7 + 2048 + 3) % 251);   // B plane
+  // The same file naming a global outside the allow-list is refused, not called.
+  std::ofstream(folder / "train", std::ios::binary) << cifar_python_pickle(pixels, 2, "os\nsystem\n");
+  try {
+    ProbeSet::open(folder / "train");
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("os.system"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(ProbeTest, UnreadableImagesAreReportedNotThrownByBatches) {
   image_at("set/a.jpg");
   std::ofstream(dir_ / "set" / "b.jpg") << "garbage";
