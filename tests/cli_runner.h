@@ -33,7 +33,10 @@ inline std::string shell_quote(const std::string& s) {
 // The command line that runs clipdissect with `args`.
 inline std::string cli_command(const std::vector<std::string>& args) {
   std::string command = shell_quote(cli_path().string());
-  for (const std::string& a : args) command += " " + shell_quote(a);
+  for (const std::string& a : args) {
+    command += ' ';  // not " " + ...: GCC 12 warns falsely (-Wrestrict) on operator+(const char*, string&&)
+    command += shell_quote(a);
+  }
   return command;
 }
 

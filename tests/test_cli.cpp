@@ -8,6 +8,7 @@
 #include "clipdissect/weights.h"
 #include "cli_runner.h"
 #include "fixtures.h"
+#include "test_files.h"
 #include "test_util.h"
 
 namespace clipdissect {
@@ -20,12 +21,6 @@ using testing::CliResult;
 
 class CliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("clipdissect-cli-" + std::to_string(::getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   CliResult run(const std::vector<std::string>& args, const std::string& input = "") {
     return testing::run_cli(args, dir_, input);
@@ -42,7 +37,8 @@ class CliTest : public ::testing::Test {
     return list;
   }
 
-  fs::path dir_;
+  testing::TemporaryFolder scratch_;
+  const fs::path& dir_ = scratch_.path();
 };
 
 TEST_F(CliTest, EmbedImagesAndTextsMatchReferenceForBothClipTowers) {

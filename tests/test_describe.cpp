@@ -13,6 +13,7 @@
 #include "clipdissect/probe.h"
 #include "clipdissect/weights.h"
 #include "fixtures.h"
+#include "test_files.h"
 
 namespace clipdissect {
 namespace {
@@ -71,11 +72,6 @@ std::map<std::pair<std::string, int>, std::vector<Top5Entry>> read_top5(const fs
 
 class DescribeE2E : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("clipdissect-describe-" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   DescribeConfig config(std::vector<std::string> layers) const {
     DescribeConfig c;
@@ -171,7 +167,8 @@ class DescribeE2E : public ::testing::Test {
     EXPECT_LE(skipped, reference.size() / 10) << "too many rank swaps for the comparison to mean much";
   }
 
-  fs::path dir_;
+  testing::TemporaryFolder scratch_;
+  const fs::path& dir_ = scratch_.path();
 };
 
 TEST_F(DescribeE2E, SoftWpmiAvgAllLayersMatchesReferenceThenWarmCacheDoesNoForwardPass) {

@@ -17,6 +17,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/image.h"
 #include "fixtures.h"
+#include "test_files.h"
 
 namespace clipdissect {
 namespace {
@@ -351,14 +352,6 @@ TEST(ImageDecode, PngImageDataCrcIsNotCheckedLikePil) {
 
 class ImageDecodeErrors : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::temp_directory_path() /
-                 ("clipdissect_image_test_" + std::to_string(::getpid()) + "_" +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(directory_);
-  }
-  void TearDown() override { fs::remove_all(directory_); }
-
   // Writes `bytes` as `name` and expects decoding to fail with a message that names the file.
   void expect_rejected(const std::string& name, std::span<const std::uint8_t> bytes, const std::string& reason) {
     const fs::path path = directory_ / name;
@@ -373,7 +366,8 @@ class ImageDecodeErrors : public ::testing::Test {
     }
   }
 
-  fs::path directory_;
+  testing::TemporaryFolder scratch_;
+  const fs::path& directory_ = scratch_.path();
 };
 
 Bytes fixture_bytes(int i) {

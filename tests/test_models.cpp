@@ -7,6 +7,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/network.h"
 #include "fixtures.h"
+#include "test_files.h"
 #include "test_util.h"
 
 namespace clipdissect {
@@ -179,8 +180,8 @@ TEST(TargetLoading, LayerNamesAndErrors) {
 TEST(TargetLoading, VitHeadsComeFromSidecarOrAnError) {
   namespace fs = std::filesystem;
   auto backend = make_cpu_backend(1);
-  const fs::path dir = fs::temp_directory_path() / ("clipdissect-vit-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  const testing::TemporaryFolder scratch;
+  const fs::path& dir = scratch.path();
   const fs::path checkpoint = dir / "vit.pth";
   fs::copy_file(fixture("models/vit_target.pth"), checkpoint, fs::copy_options::overwrite_existing);
 
@@ -204,7 +205,6 @@ TEST(TargetLoading, VitHeadsComeFromSidecarOrAnError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'hidden_dim'"), std::string::npos) << e.what();
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace

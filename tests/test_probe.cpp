@@ -6,6 +6,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/probe.h"
 #include "fixtures.h"
+#include "test_files.h"
 
 namespace clipdissect {
 namespace {
@@ -15,12 +16,6 @@ using testing::fixture;
 
 class ProbeTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("clipdissect-probe-" + std::to_string(::getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   // A copy of a fixture image at `relative` inside the temp dir.
   fs::path image_at(const std::string& relative) {
@@ -30,7 +25,8 @@ class ProbeTest : public ::testing::Test {
     return path;
   }
 
-  fs::path dir_;
+  testing::TemporaryFolder scratch_;
+  const fs::path& dir_ = scratch_.path();
 };
 
 TEST_F(ProbeTest, ImageFolderOrderMatchesTorchvision) {

@@ -2,6 +2,8 @@
 // shared by the weights tests.
 #pragma once
 
+#include "test_files.h"
+
 #include <zlib.h>
 
 #include <cstdint>
@@ -49,22 +51,8 @@ Bytes as_bytes_of(const std::vector<T>& values) {
   return {begin, begin + values.size() * sizeof(T)};
 }
 
-// A folder under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "clipdissect-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+// Scratch folders: clipdissect::testing::TemporaryFolder (test_files.h).
+using TempDir = clipdissect::testing::TemporaryFolder;
 
 // The message of the clipdissect::Error that `action` throws (a test failure when it throws none).
 inline std::string error_message(const std::function<void()>& action) {
