@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fixtures.h"
+#include "test_files.h"
 
 namespace clipdissect::testing {
 
@@ -18,11 +19,6 @@ struct CliResult {
   int status = -1;
   std::string out, err;
 };
-
-inline std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 inline std::string shell_quote(const std::string& s) {
   std::string q = "'";
@@ -48,7 +44,7 @@ inline CliResult run_cli(const std::vector<std::string>& args, const std::filesy
   const std::string command =
       cli_command(args) + " <" + shell_quote(in) + " >" + shell_quote(out) + " 2>" + shell_quote(err);
   const int raw = std::system(command.c_str());
-  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_text_file(out), read_text_file(err)};
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_file(out), read_file(err)};
 }
 
 }  // namespace clipdissect::testing

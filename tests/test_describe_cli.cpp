@@ -30,7 +30,7 @@ class DescribeCli : public ::testing::Test {
             "--threads", "2", "--quiet"};
   }
   nlohmann::json run_json(const fs::path& out) const {
-    return nlohmann::json::parse(testing::read_text_file(out / "run.json"));
+    return nlohmann::json::parse(testing::read_file(out / "run.json"));
   }
   // A private copy of the fixture probe images, which the test may change.
   fs::path copy_images() const {
@@ -53,13 +53,13 @@ TEST_F(DescribeCli, ChangedImageOrModelInvalidatesTheCache) {
 
   ASSERT_EQ(run(args(images, target, dir_.path() / "a")).status, 0);
   EXPECT_FALSE(run_json(dir_.path() / "a")["cache"]["clip_images"].get<bool>());
-  const std::string first_csv = testing::read_text_file(dir_.path() / "a" / "descriptions.csv");
+  const std::string first_csv = testing::read_file(dir_.path() / "a" / "descriptions.csv");
 
   // Unchanged inputs: everything from the cache, same results.
   ASSERT_EQ(run(args(images, target, dir_.path() / "b")).status, 0);
   EXPECT_TRUE(run_json(dir_.path() / "b")["cache"]["clip_images"].get<bool>());
   EXPECT_EQ(run_json(dir_.path() / "b")["cache"]["target_layers"], 2);
-  EXPECT_EQ(testing::read_text_file(dir_.path() / "b" / "descriptions.csv"), first_csv);
+  EXPECT_EQ(testing::read_file(dir_.path() / "b" / "descriptions.csv"), first_csv);
 
   // One image replaced by another (same name): the image embeddings and activations are recomputed.
   fs::copy_file(images / "banana" / fs::directory_iterator(images / "banana")->path().filename(),
@@ -74,7 +74,7 @@ TEST_F(DescribeCli, ChangedImageOrModelInvalidatesTheCache) {
   ASSERT_EQ(run(args(images, target, dir_.path() / "d", "layer4")).status, 0);
   EXPECT_TRUE(run_json(dir_.path() / "d")["cache"]["clip_images"].get<bool>());
   EXPECT_EQ(run_json(dir_.path() / "d")["cache"]["target_layers"], 0);
-  EXPECT_NE(testing::read_text_file(dir_.path() / "d" / "descriptions.csv").find("layer4,127,"), std::string::npos);
+  EXPECT_NE(testing::read_file(dir_.path() / "d" / "descriptions.csv").find("layer4,127,"), std::string::npos);
 }
 
 TEST_F(DescribeCli, UnreadableImageIsSkippedAndCountedOrFailsWithStrict) {
@@ -126,7 +126,7 @@ TEST_F(DescribeCli, BadInputsGiveClearErrors) {
   const std::string command = "CLIPDISSECT_CACHE=" + testing::shell_quote(dir_.path() / "empty-cache") + " " +
                               testing::cli_command(a) + " 2>" + testing::shell_quote(dir_.path() / "err");
   EXPECT_NE(std::system(command.c_str()), 0);
-  const std::string err = testing::read_text_file(dir_.path() / "err");
+  const std::string err = testing::read_file(dir_.path() / "err");
   EXPECT_NE(err.find("clipdissect download ViT-B/16"), std::string::npos) << err;
 }
 
@@ -136,7 +136,7 @@ TEST_F(DescribeCli, KilledRunsNeverLeaveEntriesThatALaterRunAccepts) {
   std::vector<std::string> clean = args(fixture("images"), target, reference_out, "layer3,layer4,fc");
   clean.push_back("--no-cache");
   ASSERT_EQ(run(clean).status, 0);
-  const std::string expected = testing::read_text_file(reference_out / "descriptions.csv");
+  const std::string expected = testing::read_file(reference_out / "descriptions.csv");
 
   const fs::path out = dir_.path() / "killed";
   const std::vector<std::string> cached = args(fixture("images"), target, out, "layer3,layer4,fc");
@@ -155,7 +155,7 @@ TEST_F(DescribeCli, KilledRunsNeverLeaveEntriesThatALaterRunAccepts) {
   }
   const testing::CliResult final_run = run(cached);
   ASSERT_EQ(final_run.status, 0) << final_run.err;
-  EXPECT_EQ(testing::read_text_file(out / "descriptions.csv"), expected);
+  EXPECT_EQ(testing::read_file(out / "descriptions.csv"), expected);
 }
 
 }  // namespace

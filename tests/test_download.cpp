@@ -20,6 +20,7 @@ namespace clipdissect {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::read_file;
 using testing::EnvironmentOverride;
 using testing::LocalHttpServer;
 using testing::TemporaryFolder;
@@ -35,13 +36,6 @@ std::string make_blob() {
   std::string blob(kBlobSize, '\0');
   for (std::size_t i = 0; i < kBlobSize; ++i) blob[i] = static_cast<char>((i * i + 7 * i) % 251);
   return blob;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
 }
 
 fs::path part_of(const fs::path& destination) { return fs::path(destination) += ".part"; }

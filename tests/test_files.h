@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <initializer_list>
 #include <optional>
 #include <stdexcept>
@@ -11,6 +13,12 @@
 #include <vector>
 
 namespace clipdissect::testing {
+
+// A whole file's bytes ("" when it cannot be read).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 // A fresh folder under the system temporary folder, removed with everything in it at the end of its scope.
 class TemporaryFolder {

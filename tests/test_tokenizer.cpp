@@ -28,6 +28,7 @@ namespace {
 
 using Ids = std::vector<std::int32_t>;
 namespace fs = std::filesystem;
+using testing::read_file;
 using testing::EnvironmentOverride;
 using testing::TemporaryFolder;
 
@@ -35,13 +36,6 @@ const ClipTokenizer& reference_tokenizer() {
   static const ClipTokenizer tokenizer =
       ClipTokenizer::from_file(testing::fixture("clip/bpe_simple_vocab_16e6.txt.gz"));
   return tokenizer;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
 }
 
 std::vector<std::string> split_lines(const std::string& text) {
