@@ -1,5 +1,5 @@
 // Images/s of each model's forward pass on the CPU backend (Google Benchmark).
-//   clipdissect_bench --resnet50 FILE --clip FILE --vit FILE [--threads 2] [--batch 32] [benchmark flags]
+//   clipdissect_bench_model_forward --resnet50 FILE --clip FILE --vit FILE [--threads 2] [--batch 32] [benchmark flags]
 // bench/run_model_bench.sh makes the random-weight checkpoints and runs PyTorch in the same run.
 #include <cstring>
 #include <map>

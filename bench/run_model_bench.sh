@@ -23,7 +23,7 @@ py=/usr/bin/python3
 echo "machine: $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) cores; threads $threads, batch $batch" >&2
 OMP_NUM_THREADS=$threads $py bench/torch_baseline.py forward --threads "$threads" --batch "$batch" \
   --seconds "$seconds" > "$work/torch.json"
-OMP_NUM_THREADS=$threads "$build/clipdissect_bench" --threads "$threads" --batch "$batch" \
+OMP_NUM_THREADS=$threads "$build/clipdissect_bench_model_forward" --threads "$threads" --batch "$batch" \
   --resnet50 "$work/resnet50.pth" --vit "$work/vit_b_16.pth" --clip "$work/clip_vit_b16.pt" \
   --benchmark_format=json --benchmark_out="$work/ours.json" > /dev/null
 

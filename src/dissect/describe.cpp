@@ -29,6 +29,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
 // Bump when preprocessing or model code changes what a cached entry holds.
 constexpr int kCacheVersion = 1;
 
@@ -111,7 +114,9 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
                        total, ProgressUnit::items, config_.quiet);
   for (std::size_t first = 0; first < total; first += config_.batch_size) {
     const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
+    auto stage = Clock::now();
     PreprocessedBatch batch = preprocess_batch(probe_, first, count, preprocesses);
+    result.stats.decode_seconds += seconds_since(stage);
     for (const auto& [index, reason] : batch.failures) {
       if (config_.strict) fail("{} (--strict)", reason);
       spdlog::warn("skipping image: {}", reason);
@@ -125,13 +130,17 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
     const std::int64_t n = static_cast<std::int64_t>(batch.images.size());
     std::size_t which = 0;
     if (need_clip) {
+      stage = Clock::now();
       const int size = preprocesses[which].crop;
       const std::vector<float> rows = clip().encode_image(backend_->upload(batch.pixels[which++], {n, 3, size, size}));
       clip_rows.insert(clip_rows.end(), rows.begin(), rows.end());
+      result.stats.clip_image_seconds += seconds_since(stage);
     }
     if (!layers.empty()) {
+      stage = Clock::now();
       const int size = preprocesses[which].crop;
       target().forward(backend_->upload(batch.pixels[which], {n, 3, size, size}), &recorder);
+      result.stats.target_seconds += seconds_since(stage);
     }
     progress.update(first + count);
   }
@@ -230,7 +239,7 @@ LayerDescription Describer::describe_layer(const std::string& name, const Cached
 }
 
 DescribeResult Describer::run() {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   DescribeResult result;
   result.concepts = read_concepts(config_.concepts);
   if (config_.probes.empty()) fail("describe: no probe set given (--probe)");
@@ -284,18 +293,22 @@ DescribeResult Describer::run() {
   std::optional<CachedMatrix> texts = cache_.load("clip-text", keys_.text());
   result.stats.text_cache_hit = texts.has_value();
   if (!texts) {
+    const auto stage = Clock::now();
     texts = text_embeddings(result.concepts);
+    result.stats.clip_text_seconds = seconds_since(stage);
     cache_.store("clip-text", keys_.text(), *texts);
   }
 
   ProgressBar progress(std::string("similarity (") + std::string(similarity_function_name(config_.similarity)) + ")",
                        config_.layers.size(), ProgressUnit::items, config_.quiet);
+  const auto similarity_start = Clock::now();
   for (const std::string& layer : config_.layers) {
     result.layers.push_back(describe_layer(layer, layers.at(layer), *images, *texts));
     progress.advance();
   }
   progress.finish();
-  result.stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.stats.similarity_seconds = seconds_since(similarity_start);
+  result.stats.seconds = seconds_since(start);
   return result;
 }
 

@@ -8,12 +8,14 @@
 #include <random>
 
 #include "clipdissect/error.h"
+#include "engine/vector_math.h"
 
 namespace clipdissect {
 
 namespace {
 
-constexpr std::int64_t kImageChunk = 256;     // image rows of the image-concept matrix computed at once
+constexpr std::int64_t kImageChunk = 64;      // image rows of the image-concept matrix at once (WPMI family)
+constexpr std::int64_t kScoreChunk = 256;     // the same for the cosine passes
 constexpr std::int64_t kConceptBlock = 1024;  // concept columns at once (rank reorder)
 
 struct NamedFunction {
@@ -98,16 +100,6 @@ std::vector<std::vector<std::int32_t>> neuron_top_images(const SimilarityInputs&
   return tops;
 }
 
-// softmax(a * row) in place, float32 like torch.nn.functional.softmax.
-void scaled_softmax(float* row, std::int64_t n, float a) {
-  float max = -INFINITY;
-  for (std::int64_t k = 0; k < n; ++k) max = std::max(max, row[k] *= a);
-  double sum = 0;
-  for (std::int64_t k = 0; k < n; ++k) sum += (row[k] = std::exp(row[k] - max));
-  const float total = static_cast<float>(sum);
-  for (std::int64_t k = 0; k < n; ++k) row[k] /= total;
-}
-
 // SoftWPMI and WPMI: log p(concept | top images of neuron) summed over the top images (weighted by
 // rank membership p_j for SoftWPMI), minus lambda * log p(concept), where p(concept) averages over
 // the layer's neurons (logsumexp).
@@ -125,27 +117,40 @@ std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& sc
     if (!members[u].empty()) needed.push_back(static_cast<std::int32_t>(u));
 
   std::vector<double> log_p(c_count * k_count, 0.0);
-  std::vector<float> chunk(kImageChunk * k_count);
+  std::vector<float> chunk(kImageChunk * k_count), terms;
   std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> by_neuron(c_count);  // (row in chunk, rank)
   for (std::size_t start = 0; start < needed.size(); start += kImageChunk) {
     const auto rows = std::span<const std::int32_t>(needed).subspan(start, std::min<std::size_t>(kImageChunk, needed.size() - start));
     scores.rows(rows, 0, k_count, chunk.data());
-#pragma omp parallel for
-    for (std::size_t i = 0; i < rows.size(); ++i) scaled_softmax(chunk.data() + i * k_count, k_count, a);
+    scaled_softmax_rows(chunk.data(), static_cast<std::int64_t>(rows.size()), k_count, a);
+    // One row of log terms per (neuron, top image) pair in this chunk, laid out neuron by neuron.
     for (auto& list : by_neuron) list.clear();
     for (std::size_t i = 0; i < rows.size(); ++i)
       for (const auto& [c, j] : members[rows[i]]) by_neuron[c].emplace_back(static_cast<std::int32_t>(i), j);
+    std::vector<std::int64_t> first_term(c_count + 1, 0);
+    for (std::int64_t c = 0; c < c_count; ++c) first_term[c + 1] = first_term[c] + static_cast<std::int64_t>(by_neuron[c].size());
+    terms.resize(static_cast<std::size_t>(first_term[c_count] * k_count));
+#pragma omp parallel for schedule(dynamic, 4)
+    for (std::int64_t c = 0; c < c_count; ++c)
+      for (std::size_t m = 0; m < by_neuron[c].size(); ++m) {
+        const auto [row, j] = by_neuron[c][m];
+        const float* s = chunk.data() + static_cast<std::int64_t>(row) * k_count;
+        float* t = terms.data() + (first_term[c] + static_cast<std::int64_t>(m)) * k_count;
+        if (membership) {
+          // 1 + p * (s - 1), then + min_prob: the reference's float32 operations in its order.
+          const float p = (*membership)[j];
+          for (std::int64_t k = 0; k < k_count; ++k) t[k] = 1.0f + p * (s[k] - 1.0f) + min_prob;
+        } else {
+          for (std::int64_t k = 0; k < k_count; ++k) t[k] = s[k] + min_prob;
+        }
+      }
+    log_inplace(terms.data(), terms.size());
 #pragma omp parallel for schedule(dynamic, 4)
     for (std::int64_t c = 0; c < c_count; ++c) {
       double* acc = log_p.data() + c * k_count;
-      for (const auto& [row, j] : by_neuron[c]) {
-        const float* s = chunk.data() + static_cast<std::int64_t>(row) * k_count;
-        if (membership) {
-          const float p = (*membership)[j];
-          for (std::int64_t k = 0; k < k_count; ++k) acc[k] += std::log(1.0f + p * (s[k] - 1.0f) + min_prob);
-        } else {
-          for (std::int64_t k = 0; k < k_count; ++k) acc[k] += std::log(s[k] + min_prob);
-        }
+      for (std::int64_t m = first_term[c]; m < first_term[c + 1]; ++m) {
+        const float* t = terms.data() + m * k_count;
+        for (std::int64_t k = 0; k < k_count; ++k) acc[k] += t[k];
       }
     }
   }
@@ -198,9 +203,9 @@ std::vector<float> normalized_columns(const SimilarityInputs& in, Transform f, f
 // Passes over P in image chunks: `visit(chunk, first_image, rows)`.
 template <typename Visit>
 void for_each_score_chunk(const SimilarityInputs& in, const ClipScores& scores, Visit visit) {
-  std::vector<float> chunk(kImageChunk * in.concepts);
-  for (std::int64_t start = 0; start < in.images; start += kImageChunk) {
-    const std::int64_t rows = std::min(kImageChunk, in.images - start);
+  std::vector<float> chunk(kScoreChunk * in.concepts);
+  for (std::int64_t start = 0; start < in.images; start += kScoreChunk) {
+    const std::int64_t rows = std::min(kScoreChunk, in.images - start);
     scores.rows(iota_rows(start, rows), 0, in.concepts, chunk.data());
     visit(chunk.data(), start, rows);
   }

@@ -106,7 +106,13 @@ nlohmann::json run_json(const DescribeConfig& config, const DescribeResult& resu
        {{"clip_images", result.stats.image_cache_hit},
         {"clip_texts", result.stats.text_cache_hit},
         {"target_layers", result.stats.layer_cache_hits}}},
-      {"seconds", result.stats.seconds},
+      {"seconds",
+       {{"decode_and_preprocess", result.stats.decode_seconds},
+        {"clip_image", result.stats.clip_image_seconds},
+        {"clip_text", result.stats.clip_text_seconds},
+        {"target_forward", result.stats.target_seconds},
+        {"similarity", result.stats.similarity_seconds},
+        {"total", result.stats.seconds}}},
   };
 }
 

@@ -1,0 +1,43 @@
+#include "engine/vector_math.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace clipdissect {
+
+namespace {
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+}  // namespace
+
+void log_inplace(float* data, std::size_t n) {
+  if (n == 0) return;
+  const dnnl::memory::desc md({static_cast<dnnl::memory::dim>(n)}, dnnl::memory::data_type::f32,
+                              dnnl::memory::format_tag::a);
+  dnnl::memory mem(md, cpu_engine(), data);
+  const dnnl::eltwise_forward::primitive_desc pd(
+      dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_log, md, 0.f, 0.f),
+      cpu_engine());
+  dnnl::stream stream(cpu_engine());
+  dnnl::eltwise_forward(pd).execute(stream, {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
+  stream.wait();
+}
+
+void scaled_softmax_rows(float* data, std::int64_t rows, std::int64_t cols, float scale) {
+  if (rows == 0) return;
+  const std::int64_t n = rows * cols;
+#pragma omp parallel for
+  for (std::int64_t i = 0; i < n; ++i) data[i] *= scale;  // a * clip_feats, a float32 product as in the reference
+  const dnnl::memory::desc md({rows, cols}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
+  dnnl::memory mem(md, cpu_engine(), data);
+  const dnnl::softmax_forward::primitive_desc pd(
+      dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, md, 1), cpu_engine());
+  dnnl::stream stream(cpu_engine());
+  dnnl::softmax_forward(pd).execute(stream, {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
+  stream.wait();
+}
+
+}  // namespace clipdissect
