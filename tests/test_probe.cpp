@@ -181,6 +181,8 @@ TEST_F(ProbeTest, UnreadableImagesAreReportedNotThrownByBatches) {
 
 TEST_F(ProbeTest, MissingAndEmptySourcesAreErrors) {
   EXPECT_THROW(ProbeSet::open(dir_ / "nope"), Error);
+  std::ofstream(dir_ / "broden1_224.zip") << "PK";
+  EXPECT_THROW(ProbeSet::open(dir_ / "broden1_224.zip"), Error);
   fs::create_directories(dir_ / "empty" / "class");
   EXPECT_THROW(ProbeSet::open(dir_ / "empty"), Error);
   std::ofstream(dir_ / "empty.txt") << "\n\n";

@@ -117,6 +117,9 @@ std::vector<fs::path> list_images(const fs::path& folder_or_list) {
 }
 
 ProbeSet ProbeSet::open(const fs::path& path) {
+  if (path.extension() == ".zip")
+    fail("{}: a zip archive; extract it (e.g. `unzip {}`) and pass the extracted folder as the probe set",
+         path.string(), path.filename().string());
   ProbeSet set;
   std::shared_ptr<const ProbeSource> source;
   if (auto cifar = open_cifar100(path)) source = std::move(cifar);
