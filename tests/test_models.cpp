@@ -169,6 +169,8 @@ TEST(TargetLoading, LayerNamesAndErrors) {
   for (const char* name : {"conv1", "layer1", "layer4.0.conv3", "layer1.0.downsample.0", "fc"})
     EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
   EXPECT_EQ(normalize_layer_name("layer2[0].conv1"), "layer2.0.conv1");
+  EXPECT_EQ(normalize_layer_name("features[12][3]"), "features.12.3");
+  EXPECT_EQ(normalize_layer_name("odd[x].y[]"), "odd[x].y[]");
   try {
     check_layer_names(*resnet, {"layer5"}, "resnet_bottleneck.pth");
     FAIL() << "expected an error";

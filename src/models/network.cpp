@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <regex>
 
 #include <fmt/ranges.h>
 
@@ -28,8 +27,19 @@ const LayerSummary& Recorder::summary(const std::string& layer) const {
 }
 
 std::string normalize_layer_name(std::string_view name) {
-  static const std::regex index(R"(\[(\d+)\])");
-  std::string dotted = std::regex_replace(std::string(name), index, ".$1");
+  // "layer2[0].conv1" -> "layer2.0.conv1": each "[digits]" becomes ".digits".
+  std::string dotted;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const std::size_t close = name[i] == '[' ? name.find(']', i) : std::string_view::npos;
+    const std::string_view inside = close == std::string_view::npos ? "" : name.substr(i + 1, close - i - 1);
+    if (!inside.empty() && inside.find_first_not_of("0123456789") == std::string_view::npos) {
+      dotted += '.';
+      dotted += inside;
+      i = close;
+    } else {
+      dotted += name[i];
+    }
+  }
   return dotted;
 }
 
