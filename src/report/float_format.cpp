@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cmath>
 
+#include <fmt/format.h>
+
 namespace clipdissect {
 
 std::string format_float32_like_numpy(float value) {
@@ -19,16 +21,16 @@ std::string format_float32_like_numpy(float value) {
     if (scientific[i] != '.') digits += scientific[i];
   const int exponent = std::stoi(scientific.substr(e + 1));
   const double magnitude = std::abs(static_cast<double>(value));  // numpy compares the exact value
-  std::string out = negative ? "-" : "";
+  const char* sign = negative ? "-" : "";
   if (magnitude != 0 && (magnitude < 1e-4 || magnitude >= 1e16)) {
-    out += digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
-    return out + (exponent < 0 ? "e-" : "e+") + (std::abs(exponent) < 10 ? "0" : "") + std::to_string(std::abs(exponent));
+    const std::string fraction = digits.size() > 1 ? fmt::format(".{}", digits.substr(1)) : "";
+    return fmt::format("{}{}{}e{}{:02d}", sign, digits[0], fraction, exponent < 0 ? '-' : '+', std::abs(exponent));
   }
-  if (exponent < 0) return out + "0." + std::string(-exponent - 1, '0') + digits;
+  if (exponent < 0) return fmt::format("{}0.{}{}", sign, std::string(-exponent - 1, '0'), digits);
   const std::size_t integer_digits = static_cast<std::size_t>(exponent) + 1;
-  if (digits.size() <= integer_digits) return out + digits + std::string(integer_digits - digits.size(), '0') + ".0";
-  return out + digits.substr(0, integer_digits) + "." + digits.substr(integer_digits);
+  if (digits.size() <= integer_digits)
+    return fmt::format("{}{}{}.0", sign, digits, std::string(integer_digits - digits.size(), '0'));
+  return fmt::format("{}{}.{}", sign, digits.substr(0, integer_digits), digits.substr(integer_digits));
 }
 
 }  // namespace clipdissect
