@@ -13,6 +13,7 @@ packages=(
   libcurl4-openssl-dev libssl-dev        # downloads and their SHA-256 checks
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
+  chromium                               # the HTML report's tests render it headless
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -76,7 +76,8 @@ std::vector<std::string> read_concepts(const std::filesystem::path& path);
 // Runs the whole dissection; throws Error on bad input before writing anything.
 DescribeResult describe(const DescribeConfig& config);
 
-// descriptions.csv, descriptions.json and run.json in `out_dir`, each written atomically.
+// descriptions.csv, descriptions.json and run.json in `out_dir`, each written atomically, then the
+// report made from them (write_report in clipdissect/report.h).
 void write_describe_outputs(const DescribeConfig& config, const DescribeResult& result,
                             const std::filesystem::path& out_dir);
 

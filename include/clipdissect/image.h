@@ -1,4 +1,4 @@
-// Decoding probe images and preprocessing them exactly as the reference (PIL + torchvision) does.
+// Decoding probe images and preprocessing them exactly as the reference (PIL + torchvision) does; JPEG encoding.
 #pragma once
 
 #include <array>
@@ -20,6 +20,9 @@ struct RgbImage {
 // PIL's Image.open(f).convert('RGB') does. Throws Error naming the file on failure.
 RgbImage decode_image_file(const std::filesystem::path& path);
 RgbImage decode_image_bytes(std::span<const std::uint8_t> data, const std::filesystem::path& name_for_errors);
+
+// Baseline JPEG (libjpeg-turbo, 4:2:0, optimised Huffman tables) at `quality` 1..100.
+std::vector<std::uint8_t> encode_jpeg(const RgbImage& image, int quality);
 
 enum class ResizeFilter { Bilinear, Bicubic };
 

@@ -22,5 +22,6 @@ std::vector<std::string> split_layers(const std::string& list);
 void register_model_commands(CLI::App& app);     // inspect, tokenize, embed, activations
 void register_describe_command(CLI::App& app);   // describe
 void register_download_command(CLI::App& app);   // download
+void register_report_command(CLI::App& app);     // report
 
 }  // namespace clipdissect::cli

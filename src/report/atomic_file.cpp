@@ -10,7 +10,7 @@
 
 namespace clipdissect {
 
-void write_file_atomically(const std::filesystem::path& path, std::string_view content) {
+void write_file_atomically(const std::filesystem::path& path, std::string_view content, bool sync) {
   const std::filesystem::path temp = path.string() + ".tmp-" + std::to_string(::getpid());
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("{}: cannot write: {}", path.string(), std::strerror(errno));
@@ -26,7 +26,7 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
     }
     written += static_cast<std::size_t>(n);
   }
-  const bool synced = ::fsync(fd) == 0;
+  const bool synced = !sync || ::fsync(fd) == 0;
   const int error = errno;
   if (::close(fd) != 0 || !synced || ::rename(temp.c_str(), path.c_str()) != 0) {
     ::unlink(temp.c_str());

@@ -1,10 +1,12 @@
 // describe's files: descriptions.csv (the reference's columns and number format), descriptions.json
-// (top concepts and top images per neuron) and run.json (settings, version, checksums, skipped images).
+// (top concepts and top images per neuron), run.json (settings, version, checksums, skipped images) and
+// the HTML report made from them.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "clipdissect/describe.h"
 #include "clipdissect/error.h"
+#include "clipdissect/report.h"
 #include "report/atomic_file.h"
 #include "report/float_format.h"
 
@@ -125,6 +127,8 @@ void write_describe_outputs(const DescribeConfig& config, const DescribeResult& 
   write_file_atomically(out_dir / "descriptions.json", descriptions_json(config, result).dump(1) + "\n");
   // run.json last: its presence says the run completed.
   write_file_atomically(out_dir / "run.json", run_json(config, result).dump(1) + "\n");
+  // The report is made from those files, as `clipdissect report` makes it again.
+  write_report(out_dir);
 }
 
 }  // namespace clipdissect
