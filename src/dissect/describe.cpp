@@ -82,7 +82,8 @@ class Describer {
   ImagePass image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result);
   CachedMatrix text_embeddings(const std::vector<std::string>& concepts);
   LayerDescription describe_layer(const std::string& name, const CachedMatrix& activations,
-                                  const CachedMatrix& images, const CachedMatrix& texts) const;
+                                  const CachedMatrix& images, const CachedMatrix& texts,
+                                  std::vector<float>* keep_similarity) const;
 
   const DescribeConfig& config_;
   std::unique_ptr<Backend> backend_;
@@ -96,6 +97,10 @@ class Describer {
 void Describer::validate_layers() {
   if (config_.layers.empty()) fail("describe: no layers given (--layers)");
   check_layer_names(target(), config_.layers, config_.target.string());
+  if (config_.save_similarity && std::find(config_.layers.begin(), config_.layers.end(), *config_.save_similarity) ==
+                                     config_.layers.end())
+    fail("describe: the layer whose similarity matrix is to be saved, '{}', is not among the described layers ({})",
+         *config_.save_similarity, fmt::join(config_.layers, ","));
 }
 
 ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result) {
@@ -200,7 +205,8 @@ void check_finite(const std::string& layer, const CachedMatrix& activations, con
 }
 
 LayerDescription Describer::describe_layer(const std::string& name, const CachedMatrix& activations,
-                                           const CachedMatrix& images, const CachedMatrix& texts) const {
+                                           const CachedMatrix& images, const CachedMatrix& texts,
+                                           std::vector<float>* keep_similarity) const {
   check_finite(name, activations, probe_);
   const int needed = required_top_images(config_.similarity, activations.rows, config_.similarity_params);
   if (activations.rows < needed)
@@ -226,6 +232,7 @@ LayerDescription Describer::describe_layer(const std::string& name, const Cached
     }
     layer.neurons.push_back(std::move(neuron));
   }
+  if (keep_similarity) *keep_similarity = similarity;
   return layer;
 }
 
@@ -291,7 +298,9 @@ DescribeResult Describer::run() {
   ProgressBar progress(std::string("similarity (") + std::string(similarity_function_name(config_.similarity)) + ")",
                        config_.layers.size(), ProgressUnit::items, config_.quiet);
   for (const std::string& layer : config_.layers) {
-    result.layers.push_back(describe_layer(layer, layers.at(layer), *images, *texts));
+    const bool keep = config_.save_similarity == layer;
+    result.layers.push_back(
+        describe_layer(layer, layers.at(layer), *images, *texts, keep ? &result.saved_similarity : nullptr));
     progress.advance();
   }
   progress.finish();
