@@ -139,33 +139,66 @@ TEST_F(CpuBackendTest, LayerNormOverLastDimension) {
   expect_close(backend->download(backend->layer_norm(*ln, backend->upload(x, {2, 2, d}))), want);
 }
 
+// softmax(q k^T / sqrt(hd) + bias) v per head, with keys after the query masked when causal. `bias` is empty or
+// [bias_batch, heads, l, l], bias_batch 1 meaning shared by every sequence.
+std::vector<float> naive_attention(const std::vector<float>& qkv, int n, int l, int heads, int hd, bool causal,
+                                   const std::vector<float>& bias = {}, int bias_batch = 1) {
+  const int d = heads * hd;
+  std::vector<float> out(static_cast<std::size_t>(n) * l * d);
+  for (int b = 0; b < n; ++b)
+    for (int h = 0; h < heads; ++h)
+      for (int t = 0; t < l; ++t) {
+        std::vector<double> p(l, 0);
+        double mx = -INFINITY, total = 0;
+        for (int s = 0; s < l; ++s) {
+          if (causal && s > t) { p[s] = -INFINITY; continue; }
+          double dot = 0;
+          for (int c = 0; c < hd; ++c)
+            dot += double(qkv[(b * l + t) * 3 * d + h * hd + c]) * qkv[(b * l + s) * 3 * d + d + h * hd + c];
+          p[s] = dot / std::sqrt(double(hd));
+          const std::size_t row = bias_batch == 1 ? 0 : b;
+          if (!bias.empty()) p[s] += bias[((row * heads + h) * l + t) * l + s];
+          mx = std::max(mx, p[s]);
+        }
+        for (double& v : p) total += (v = std::exp(v - mx));
+        for (int c = 0; c < hd; ++c) {
+          double acc = 0;
+          for (int s = 0; s < l; ++s) acc += p[s] / total * qkv[(b * l + s) * 3 * d + 2 * d + h * hd + c];
+          out[(b * l + t) * d + h * hd + c] = static_cast<float>(acc);
+        }
+      }
+  return out;
+}
+
 TEST_F(CpuBackendTest, AttentionMatchesSoftmaxLoopsWithAndWithoutCausalMask) {
   const int n = 2, l = 5, heads = 3, hd = 4, d = heads * hd;
   const auto qkv = random_values(n * l * 3 * d, 17, -2.f, 2.f);
+  for (bool causal : {false, true})
+    expect_close(backend->download(backend->attention(backend->upload(qkv, {n, l, 3 * d}), heads, causal)),
+                 naive_attention(qkv, n, l, heads, hd, causal));
+}
+
+TEST_F(CpuBackendTest, AttentionAddsScoreBiasPerSequenceOrShared) {
+  const int n = 3, l = 6, heads = 2, hd = 4, d = heads * hd;
+  const auto qkv = random_values(n * l * 3 * d, 21, -2.f, 2.f);
+  const Tensor packed = backend->upload(qkv, {n, l, 3 * d});
+  // Per sequence: a random bias with the last keys of sequence 1 masked the way transformers masks padding.
+  auto bias = random_values(n * heads * l * l, 22, -3.f, 3.f);
+  for (int h = 0; h < heads; ++h)
+    for (int t = 0; t < l; ++t)
+      for (int s = 4; s < l; ++s) bias[((1 * heads + h) * l + t) * l + s] = std::numeric_limits<float>::lowest();
   for (bool causal : {false, true}) {
-    std::vector<float> want(n * l * d);
-    for (int b = 0; b < n; ++b)
-      for (int h = 0; h < heads; ++h)
-        for (int t = 0; t < l; ++t) {
-          std::vector<double> p(l, 0);
-          double mx = -INFINITY, total = 0;
-          for (int s = 0; s < l; ++s) {
-            if (causal && s > t) { p[s] = -INFINITY; continue; }
-            double dot = 0;
-            for (int c = 0; c < hd; ++c)
-              dot += double(qkv[(b * l + t) * 3 * d + h * hd + c]) * qkv[(b * l + s) * 3 * d + d + h * hd + c];
-            p[s] = dot / std::sqrt(double(hd));
-            mx = std::max(mx, p[s]);
-          }
-          for (double& v : p) total += (v = std::exp(v - mx));
-          for (int c = 0; c < hd; ++c) {
-            double acc = 0;
-            for (int s = 0; s < l; ++s) acc += p[s] / total * qkv[(b * l + s) * 3 * d + 2 * d + h * hd + c];
-            want[(b * l + t) * d + h * hd + c] = static_cast<float>(acc);
-          }
-        }
-    expect_close(backend->download(backend->attention(backend->upload(qkv, {n, l, 3 * d}), heads, causal)), want);
+    const Tensor per_sequence = backend->upload(bias, {n, heads, l, l});
+    expect_close(backend->download(backend->attention(packed, heads, causal, &per_sequence)),
+                 naive_attention(qkv, n, l, heads, hd, causal, bias, n));
   }
+  const auto shared = random_values(heads * l * l, 23, -3.f, 3.f);
+  const Tensor shared_bias = backend->upload(shared, {1, heads, l, l});
+  expect_close(backend->download(backend->attention(packed, heads, false, &shared_bias)),
+               naive_attention(qkv, n, l, heads, hd, false, shared, 1));
+
+  const Tensor wrong = backend->upload(shared, {1, heads, l * l, 1});
+  EXPECT_THROW(backend->attention(packed, heads, false, &wrong), Error);
 }
 
 TEST_F(CpuBackendTest, PoolingAndSummaries) {

@@ -104,8 +104,10 @@ class Backend {
   virtual Tensor embedding(const Tensor& table, std::span<const std::int32_t> ids, std::int64_t batch,
                            std::int64_t length) = 0;
   // qkv [N, L, 3D] packed as PyTorch's in_proj (q, k, v) -> [N, L, D]; scaled dot-product attention
-  // with `heads` heads, causal masking optional.
-  virtual Tensor attention(const Tensor& qkv, int heads, bool causal) = 0;
+  // with `heads` heads, causal masking optional. `score_bias` ([N, heads, L, L], or [1, heads, L, L] shared
+  // by the batch), when given, is added to the scaled scores before the softmax: relative position biases,
+  // and padded keys masked with a large negative value.
+  virtual Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias = nullptr) = 0;
 
   // Summary per image of a recorded output: [N, C, H, W] -> mean or max over H, W; [N, L, D] -> token 0
   // (both modes); [N, C] unchanged. Returned on the host, [N, C] row-major.

@@ -31,6 +31,8 @@ struct DescribeConfig {
   std::optional<std::filesystem::path> bpe;
   bool strict = false;  // fail on an unreadable image instead of skipping it
   bool quiet = false;
+  // A layer whose whole [neurons, concepts] similarity matrix is kept and written (similarity_matrix_path).
+  std::optional<std::string> save_similarity;
 };
 
 struct ScoredIndex {
@@ -57,6 +59,7 @@ struct DescribeResult {
   std::vector<std::int64_t> used_images;           // probe indices that decoded, in activation row order
   std::vector<std::pair<std::int64_t, std::string>> skipped_images;  // probe index, reason
   std::vector<LayerDescription> layers;
+  std::vector<float> saved_similarity;  // config.save_similarity's matrix, row-major [neurons, concepts]
   struct Inputs {
     std::string clip_sha256, target_sha256, concepts_sha256, probe_fingerprint_sha256;
   } inputs;
@@ -76,8 +79,12 @@ std::vector<std::string> read_concepts(const std::filesystem::path& path);
 // Runs the whole dissection; throws Error on bad input before writing anything.
 DescribeResult describe(const DescribeConfig& config);
 
-// descriptions.csv, descriptions.json and run.json in `out_dir`, each written atomically, then the
-// report made from them (write_report in clipdissect/report.h).
+// Where write_describe_outputs puts the kept similarity matrix: tensor "similarity" [neurons, concepts] with
+// metadata "layer", "similarity_function" and "concepts_sha256" (SHA-256 of the concepts joined by newlines).
+std::filesystem::path similarity_matrix_path(const std::filesystem::path& out_dir, const std::string& layer);
+
+// descriptions.csv, descriptions.json, the kept similarity matrix if any, and run.json in `out_dir`, each
+// written atomically, then the report made from them (write_report in clipdissect/report.h).
 void write_describe_outputs(const DescribeConfig& config, const DescribeResult& result,
                             const std::filesystem::path& out_dir);
 

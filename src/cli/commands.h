@@ -2,11 +2,15 @@
 // structs owned by the callbacks, which run after parsing.
 #pragma once
 
+#include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "clipdissect/evaluate.h"
 
 namespace clipdissect::cli {
 
@@ -23,5 +27,9 @@ void register_model_commands(CLI::App& app);     // inspect, tokenize, embed, ac
 void register_describe_command(CLI::App& app);   // describe
 void register_download_command(CLI::App& app);   // download
 void register_report_command(CLI::App& app);     // report
+void register_eval_command(CLI::App& app);       // eval
+
+// Runs the evaluation, prints its table and writes its JSON to `out` when given.
+void run_and_report_eval(const EvalConfig& config, const std::optional<std::filesystem::path>& out);
 
 }  // namespace clipdissect::cli

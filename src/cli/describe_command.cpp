@@ -1,4 +1,5 @@
 // clipdissect describe: the main job.
+#include <algorithm>
 #include <memory>
 
 #include <fmt/ranges.h>
@@ -8,6 +9,7 @@
 #include "clipdissect/describe.h"
 #include "clipdissect/download.h"
 #include "clipdissect/error.h"
+#include "clipdissect/network.h"
 
 namespace clipdissect::cli {
 
@@ -18,7 +20,8 @@ namespace {
 struct DescribeOptions {
   std::string clip = "ViT-B/16", target = "resnet50", probe = "broden1_224", concepts = "20k";
   std::string layers = "conv1,layer1,layer2,layer3,layer4";
-  std::optional<fs::path> target_config, cache_dir, bpe;
+  std::optional<fs::path> target_config, cache_dir, bpe, eval_ground_truth, mpnet;
+  std::optional<std::string> save_similarity;
   fs::path out;
   std::string similarity = "soft_wpmi", pool = "avg";
   bool no_cache = false, strict = false, quiet = false, download = false;
@@ -35,6 +38,26 @@ std::vector<std::string> split_commas(const std::string& list) {
     start = comma + 1;
   }
   return parts;
+}
+
+// --eval-ground-truth: the evaluation of layer fc (else the last layer) that follows the run. When the concept
+// set is the class names, the run keeps that layer's similarity matrix for the accuracy and rank metrics.
+EvalConfig eval_config(const DescribeOptions& o, DescribeConfig& describe_config) {
+  EvalConfig eval;
+  const std::vector<std::string>& layers = describe_config.layers;
+  eval.layer = std::find(layers.begin(), layers.end(), "fc") != layers.end() ? "fc" : layers.back();
+  eval.ground_truth = *o.eval_ground_truth;
+  // A bad class-name file fails here, before the run.
+  const bool concepts_are_classes = read_concepts(describe_config.concepts) == read_ground_truth(eval.ground_truth);
+  if (concepts_are_classes && !describe_config.save_similarity) describe_config.save_similarity = eval.layer;
+  if (concepts_are_classes && describe_config.save_similarity == eval.layer) eval.similarity_run = o.out;
+  if (o.mpnet && !fs::is_directory(*o.mpnet)) fail("{}: MPNet folder not found (--mpnet)", o.mpnet->string());
+  eval.descriptions = o.out / "descriptions.csv";
+  eval.clip = describe_config.clip;
+  eval.bpe = o.bpe;
+  eval.mpnet = o.mpnet;
+  eval.threads = o.compute.threads;
+  return eval;
 }
 
 void run_describe(const DescribeOptions& o) {
@@ -58,7 +81,9 @@ void run_describe(const DescribeOptions& o) {
   config.bpe = o.bpe;
   config.strict = o.strict;
   config.quiet = o.quiet;
+  if (o.save_similarity) config.save_similarity = normalize_layer_name(*o.save_similarity);
   if (o.quiet) spdlog::set_level(spdlog::level::warn);
+  const std::optional<EvalConfig> eval = o.eval_ground_truth ? std::optional(eval_config(o, config)) : std::nullopt;
 
   const DescribeResult result = describe(config);
   write_describe_outputs(config, result, o.out);
@@ -67,6 +92,7 @@ void run_describe(const DescribeOptions& o) {
   spdlog::info("described {} neurons in {} layers on {} images ({} skipped) in {:.1f} s; results in {}", neurons,
                result.layers.size(), result.used_images.size(), result.skipped_images.size(), result.stats.seconds,
                o.out.string());
+  if (eval) run_and_report_eval(*eval, o.out / "eval.json");
 }
 
 }  // namespace
@@ -120,6 +146,11 @@ void register_describe_command(CLI::App& app) {
   cmd->add_flag("--strict", o->strict, "Fail on an unreadable image instead of skipping it");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   cmd->add_flag("--download", o->download, "Download named defaults that are missing");
+  cmd->add_option("--save-similarity", o->save_similarity,
+                  "Keep this layer's whole neurons x concepts similarity matrix (similarity_<layer>.safetensors)");
+  cmd->add_option("--eval-ground-truth", o->eval_ground_truth,
+                  "Class names, one per unit: run `eval` on layer fc (else the last layer) at the end");
+  cmd->add_option("--mpnet", o->mpnet, "all-mpnet-base-v2 folder, for --eval-ground-truth's MPNet score");
   cmd->callback([o] { run_describe(*o); });
 }
 

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   clipdissect::cli::register_describe_command(app);
   clipdissect::cli::register_download_command(app);
   clipdissect::cli::register_report_command(app);
+  clipdissect::cli::register_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

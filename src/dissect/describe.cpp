@@ -85,7 +85,8 @@ class Describer {
   ImagePass image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result);
   CachedMatrix text_embeddings(const std::vector<std::string>& concepts);
   LayerDescription describe_layer(const std::string& name, const CachedMatrix& activations,
-                                  const CachedMatrix& images, const CachedMatrix& texts) const;
+                                  const CachedMatrix& images, const CachedMatrix& texts,
+                                  std::vector<float>* keep_similarity) const;
 
   const DescribeConfig& config_;
   std::unique_ptr<Backend> backend_;
@@ -99,6 +100,10 @@ class Describer {
 void Describer::validate_layers() {
   if (config_.layers.empty()) fail("describe: no layers given (--layers)");
   check_layer_names(target(), config_.layers, config_.target.string());
+  if (config_.save_similarity && std::find(config_.layers.begin(), config_.layers.end(), *config_.save_similarity) ==
+                                     config_.layers.end())
+    fail("describe: the layer whose similarity matrix is to be saved, '{}', is not among the described layers ({})",
+         *config_.save_similarity, fmt::join(config_.layers, ","));
 }
 
 ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result) {
@@ -209,7 +214,8 @@ void check_finite(const std::string& layer, const CachedMatrix& activations, con
 }
 
 LayerDescription Describer::describe_layer(const std::string& name, const CachedMatrix& activations,
-                                           const CachedMatrix& images, const CachedMatrix& texts) const {
+                                           const CachedMatrix& images, const CachedMatrix& texts,
+                                           std::vector<float>* keep_similarity) const {
   check_finite(name, activations, probe_);
   const int needed = required_top_images(config_.similarity, activations.rows, config_.similarity_params);
   if (activations.rows < needed)
@@ -235,6 +241,7 @@ LayerDescription Describer::describe_layer(const std::string& name, const Cached
     }
     layer.neurons.push_back(std::move(neuron));
   }
+  if (keep_similarity) *keep_similarity = similarity;
   return layer;
 }
 
@@ -303,7 +310,9 @@ DescribeResult Describer::run() {
                        config_.layers.size(), ProgressUnit::items, config_.quiet);
   const auto similarity_start = Clock::now();
   for (const std::string& layer : config_.layers) {
-    result.layers.push_back(describe_layer(layer, layers.at(layer), *images, *texts));
+    const bool keep = config_.save_similarity == layer;
+    result.layers.push_back(
+        describe_layer(layer, layers.at(layer), *images, *texts, keep ? &result.saved_similarity : nullptr));
     progress.advance();
   }
   progress.finish();

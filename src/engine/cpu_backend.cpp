@@ -439,12 +439,17 @@ class CpuBackend final : public Backend {
     return out;
   }
 
-  Tensor attention(const Tensor& qkv, int heads, bool causal) override {
+  Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias) override {
     expect_rank(qkv, 3, "attention");
     const std::int64_t n = qkv.dim(0), l = qkv.dim(1), d = qkv.dim(2) / 3, hd = d / heads;
     if (qkv.dim(2) != 3 * d || d % heads != 0)
       fail("cpu backend: attention input {} does not split into q, k, v of {} heads", shape_to_string(qkv.shape()),
            heads);
+    if (score_bias && (score_bias->rank() != 4 || (score_bias->dim(0) != 1 && score_bias->dim(0) != n) ||
+                       score_bias->dim(1) != heads || score_bias->dim(2) != l || score_bias->dim(3) != l))
+      fail("cpu backend: attention score bias {} for {} sequences of {} tokens and {} heads, expected [{} or 1, {}, "
+           "{}, {}]",
+           shape_to_string(score_bias->shape()), n, l, heads, n, heads, l, l);
     Tensor packed = to_plain(qkv);
     float* base = data_of(packed);
     const Dims view_dims{n, heads, l, hd};
@@ -454,26 +459,33 @@ class CpuBackend final : public Backend {
     const memory::desc v_md(view_dims, kF32, view_strides);
     const memory::desc scores_md({n, heads, l, l}, kF32, Tag::abcd);
 
-    // scores = (q k^T) / sqrt(hd) (+ causal mask), softmax over keys.
+    // scores = (q k^T) / sqrt(hd) (+ causal mask) (+ score bias), softmax over keys. The additions are
+    // binary post-ops of the score matmul, in that order.
     dnnl::primitive_attr score_attr;
     score_attr.set_output_scales(0, {1.f / std::sqrt(static_cast<float>(hd))});
-    memory mask;
+    std::vector<memory> addends;
     if (causal) {
-      dnnl::post_ops ops;
-      const memory::desc mask_md({1, 1, l, l}, kF32, Tag::abcd);
-      ops.append_binary(dnnl::algorithm::binary_add, mask_md);
-      score_attr.set_post_ops(ops);
-      mask = memory(mask_md, engine_);
+      memory mask({{1, 1, l, l}, kF32, Tag::abcd}, engine_);
       float* m = static_cast<float*>(mask.get_data_handle());
       for (std::int64_t i = 0; i < l; ++i)
         for (std::int64_t j = 0; j < l; ++j) m[i * l + j] = j > i ? -std::numeric_limits<float>::infinity() : 0.f;
+      addends.push_back(mask);
     }
+    Tensor bias_plain;
+    if (score_bias) {
+      bias_plain = to_plain(*score_bias);
+      addends.push_back(mem_of(bias_plain));
+    }
+    dnnl::post_ops ops;
+    for (const memory& addend : addends) ops.append_binary(dnnl::algorithm::binary_add, addend.get_desc());
+    score_attr.set_post_ops(ops);
     dnnl::matmul::primitive_desc score_pd(dnnl::matmul::desc(q_md, kt_md, scores_md), score_attr, engine_);
     memory scores(scores_md, engine_);
     std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, memory(q_md, engine_, base)},
                                                {DNNL_ARG_WEIGHTS, memory(kt_md, engine_, base + d)},
                                                {DNNL_ARG_DST, scores}};
-    if (causal) score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mask);
+    for (std::size_t i = 0; i < addends.size(); ++i)
+      score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(static_cast<int>(i)) | DNNL_ARG_SRC_1, addends[i]);
     dnnl::matmul(score_pd).execute(stream_, score_args);
 
     dnnl::softmax_forward::primitive_desc softmax_pd(

@@ -7,6 +7,7 @@
 #include "clipdissect/describe.h"
 #include "clipdissect/error.h"
 #include "clipdissect/report.h"
+#include "clipdissect/weights.h"
 #include "report/atomic_file.h"
 #include "report/float_format.h"
 
@@ -92,7 +93,8 @@ nlohmann::json run_json(const DescribeConfig& config, const DescribeResult& resu
         {"cache", config.use_cache},
         {"top_concepts", config.top_concepts},
         {"top_images", config.top_images},
-        {"strict", config.strict}}},
+        {"strict", config.strict},
+        {"save_similarity", config.save_similarity ? nlohmann::json(*config.save_similarity) : nlohmann::json()}}},
       {"inputs",
        {{"clip_sha256", result.inputs.clip_sha256},
         {"target_sha256", result.inputs.target_sha256},
@@ -118,13 +120,31 @@ nlohmann::json run_json(const DescribeConfig& config, const DescribeResult& resu
   };
 }
 
+void write_similarity_matrix(const DescribeConfig& config, const DescribeResult& result,
+                             const std::filesystem::path& out_dir) {
+  const std::string& layer = *config.save_similarity;
+  const auto concepts = static_cast<std::int64_t>(result.concepts.size());
+  save_safetensors(similarity_matrix_path(out_dir, layer),
+                   {make_f32_tensor("similarity", {static_cast<std::int64_t>(result.saved_similarity.size()) / concepts,
+                                                   concepts},
+                                    result.saved_similarity)},
+                   {{"layer", layer},
+                    {"similarity_function", std::string(similarity_function_name(config.similarity))},
+                    {"concepts_sha256", result.inputs.concepts_sha256}});
+}
+
 }  // namespace
+
+std::filesystem::path similarity_matrix_path(const std::filesystem::path& out_dir, const std::string& layer) {
+  return out_dir / ("similarity_" + layer + ".safetensors");
+}
 
 void write_describe_outputs(const DescribeConfig& config, const DescribeResult& result,
                             const std::filesystem::path& out_dir) {
   std::filesystem::create_directories(out_dir);
   write_file_atomically(out_dir / "descriptions.csv", descriptions_csv(result));
   write_file_atomically(out_dir / "descriptions.json", descriptions_json(config, result).dump(1) + "\n");
+  if (config.save_similarity && !result.saved_similarity.empty()) write_similarity_matrix(config, result, out_dir);
   // run.json last: its presence says the run completed.
   write_file_atomically(out_dir / "run.json", run_json(config, result).dump(1) + "\n");
   // The report is made from those files, as `clipdissect report` makes it again.
