@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "clipdissect/download.h"
 #include "clipdissect/network.h"
-#include "report/atomic_file.h"
+#include "io/atomic_file.h"
 
 namespace clipdissect::cli {
 

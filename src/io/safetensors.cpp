@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "clipdissect/error.h"
+#include "io/atomic_file.h"
 #include "io/byte_reader.h"
 #include "io/loaders.h"
 
@@ -73,16 +74,6 @@ void read_metadata(const Json& metadata, const std::string& source, WeightMap& w
   }
 }
 
-// Writes all of `bytes`, retrying short writes.
-void write_all(int fd, std::span<const std::byte> bytes, const std::string& path) {
-  while (!bytes.empty()) {
-    const ssize_t written = ::write(fd, bytes.data(), bytes.size());
-    if (written < 0 && errno == EINTR) continue;
-    if (written <= 0) fail("{}: write failed: {}", path, std::strerror(errno));
-    bytes = bytes.subspan(static_cast<std::size_t>(written));
-  }
-}
-
 std::string safetensors_header(const std::vector<OwnedTensor>& tensors,
                                const std::map<std::string, std::string>& metadata, const std::string& path) {
   Json header = Json::object();
@@ -105,14 +96,6 @@ std::string safetensors_header(const std::vector<OwnedTensor>& tensors,
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
   return text;
-}
-
-// Makes a just-renamed file's directory entry durable.
-void sync_directory(const std::filesystem::path& folder) {
-  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: the data itself is already synced
-  ::fsync(fd);
-  ::close(fd);
 }
 
 }  // namespace
@@ -153,34 +136,12 @@ OwnedTensor make_f32_tensor(std::string name, Shape shape, std::span<const float
 
 void save_safetensors(const std::filesystem::path& path, const std::vector<OwnedTensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  const std::string name = path.string();
-  const std::string header = safetensors_header(tensors, metadata, name);
-  std::string temporary = (path.parent_path() / fmt::format(".{}.tmp-XXXXXX", path.filename().string())).string();
-  const int fd = ::mkstemp(temporary.data());
-  if (fd < 0) fail("{}: cannot create a temporary file next to it: {}", name, std::strerror(errno));
-  try {
-    ::fchmod(fd, 0644);  // mkstemp creates 0600; weights are ordinary files
-    const std::uint64_t header_size = header.size();
-    write_all(fd, std::as_bytes(std::span(&header_size, 1)), name);
-    write_all(fd, std::as_bytes(std::span(header)), name);
-    for (const OwnedTensor& tensor : tensors) write_all(fd, tensor.bytes, name);
-    if (::fsync(fd) != 0) fail("{}: fsync failed: {}", name, std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(temporary.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    const int error = errno;
-    ::unlink(temporary.c_str());
-    fail("{}: close failed: {}", name, std::strerror(error));
-  }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(temporary.c_str());
-    fail("{}: cannot move the temporary file into place: {}", name, std::strerror(error));
-  }
-  sync_directory(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+  const std::string header = safetensors_header(tensors, metadata, path.string());
+  const std::uint64_t header_size = header.size();
+  std::vector<std::span<const std::byte>> parts{std::as_bytes(std::span(&header_size, 1)),
+                                                std::as_bytes(std::span(header))};
+  for (const OwnedTensor& tensor : tensors) parts.emplace_back(tensor.bytes);  // in header order
+  write_file_atomically(path, parts);
 }
 
 }  // namespace clipdissect

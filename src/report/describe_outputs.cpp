@@ -8,7 +8,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/report.h"
 #include "clipdissect/weights.h"
-#include "report/atomic_file.h"
+#include "io/atomic_file.h"
 #include "report/float_format.h"
 
 namespace clipdissect {

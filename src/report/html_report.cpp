@@ -10,7 +10,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/report.h"
 #include "io/mapped_file.h"
-#include "report/atomic_file.h"
+#include "io/atomic_file.h"
 #include "report/thumbnails.h"
 
 namespace clipdissect {

@@ -13,7 +13,7 @@
 #include "clipdissect/error.h"
 #include "clipdissect/probe.h"
 #include "io/sha256.h"
-#include "report/atomic_file.h"
+#include "io/atomic_file.h"
 
 namespace clipdissect {
 
