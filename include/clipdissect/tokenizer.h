@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,10 @@ class ClipTokenizer {
   // context_length ids with the last set to the end token; without, throws Error naming the text.
   std::vector<std::int32_t> tokenize(std::string_view text, bool truncate = false,
                                      int context_length = kClipContextLength) const;
+
+  // tokenize() of every text (not truncated); an over-long text is an Error prefixed with item_name(index).
+  std::vector<std::vector<std::int32_t>> tokenize_all(const std::vector<std::string>& texts,
+                                                      const std::function<std::string(std::size_t)>& item_name) const;
 
   ~ClipTokenizer();
   ClipTokenizer(ClipTokenizer&&) noexcept;

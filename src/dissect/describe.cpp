@@ -164,15 +164,8 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
 
 CachedMatrix Describer::text_embeddings(const std::vector<std::string>& concepts) {
   const ClipTokenizer tokenizer = ClipTokenizer::from_file(resolve_bpe_path(config_.bpe));
-  std::vector<std::vector<std::int32_t>> tokens;
-  tokens.reserve(concepts.size());
-  for (std::size_t i = 0; i < concepts.size(); ++i) {
-    try {
-      tokens.push_back(tokenizer.tokenize(concepts[i]));
-    } catch (const Error& e) {
-      fail("{}: concept on line {}: {}", config_.concepts.string(), i + 1, e.what());
-    }
-  }
+  const std::vector<std::vector<std::int32_t>> tokens = tokenizer.tokenize_all(
+      concepts, [&](std::size_t i) { return fmt::format("{}: concept {} (non-empty lines counted)", config_.concepts.string(), i + 1); });
   ProgressBar progress("CLIP texts", tokens.size(), ProgressUnit::items, config_.quiet);
   std::vector<float> values;
   constexpr std::size_t kChunk = 2048;  // concepts per progress step (sorted by length within it)

@@ -136,16 +136,7 @@ std::vector<std::string> contiguous_units(const std::map<std::int64_t, std::stri
 
 std::vector<std::vector<std::int32_t>> clip_tokens(const ClipTokenizer& tokenizer,
                                                    const std::vector<std::string>& texts, const char* what) {
-  std::vector<std::vector<std::int32_t>> tokens;
-  tokens.reserve(texts.size());
-  for (std::size_t i = 0; i < texts.size(); ++i) {
-    try {
-      tokens.push_back(tokenizer.tokenize(texts[i]));
-    } catch (const Error& e) {
-      fail("{} {}: {}", what, i, e.what());
-    }
-  }
-  return tokens;
+  return tokenizer.tokenize_all(texts, [&](std::size_t i) { return fmt::format("{} {}", what, i); });
 }
 
 // Mean over rows of the cosine of a's row and b's row ([rows, dim] each).

@@ -265,6 +265,20 @@ std::vector<std::int32_t> ClipTokenizer::encode(std::string_view text) const {
   return ids;
 }
 
+std::vector<std::vector<std::int32_t>> ClipTokenizer::tokenize_all(
+    const std::vector<std::string>& texts, const std::function<std::string(std::size_t)>& item_name) const {
+  std::vector<std::vector<std::int32_t>> tokens;
+  tokens.reserve(texts.size());
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    try {
+      tokens.push_back(tokenize(texts[i]));
+    } catch (const Error& e) {
+      fail("{}: {}", item_name(i), e.what());
+    }
+  }
+  return tokens;
+}
+
 std::vector<std::int32_t> ClipTokenizer::tokenize(std::string_view text, bool truncate, int context_length) const {
   if (context_length < 1) fail("context length {} for tokenizing: expected at least 1", context_length);
   std::vector<std::int32_t> ids{impl_->start_id};
