@@ -1,8 +1,10 @@
 // `clipdissect describe` as users run it: outputs, cache invalidation and bad input.
+#include <cstring>
 #include <fstream>
 
 #include <gtest/gtest.h>
 
+#include "clipdissect/weights.h"
 #include "describe_cli_fixture.h"
 
 namespace clipdissect {
@@ -40,6 +42,34 @@ TEST_F(DescribeCli, ChangedImageOrModelInvalidatesTheCache) {
   EXPECT_TRUE(run_json(dir_.path() / "d")["cache"]["clip_images"].get<bool>());
   EXPECT_EQ(run_json(dir_.path() / "d")["cache"]["target_layers"], 0);
   EXPECT_NE(testing::read_file(dir_.path() / "d" / "descriptions.csv").find("layer4,127,"), std::string::npos);
+}
+
+// A cache entry whose key matches but whose rows name images outside the probe set (a damaged or hostile file
+// in the cache folder) is recomputed, never indexed with.
+TEST_F(DescribeCli, DamagedCacheEntriesAreRecomputedNotTrusted) {
+  const fs::path target = fixture("models/resnet_bottleneck.pth");
+  ASSERT_EQ(run(args(fixture("images"), target, dir_.path() / "a", "fc")).status, 0);
+  int damaged = 0;
+  for (const auto& entry : fs::directory_iterator(dir_.path() / "cache")) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("clip-image-", 0) != 0 && name.rfind("target-", 0) != 0) continue;
+    const WeightMap original = load_weights(entry.path());
+    const HostTensor& values = original.at("values");
+    std::vector<std::int64_t> ids(values.shape[0]);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(1000000 + i);
+    OwnedTensor id_tensor{"ids", DType::I64, {values.shape[0]}, std::vector<std::byte>(ids.size() * 8)};
+    std::memcpy(id_tensor.bytes.data(), ids.data(), id_tensor.bytes.size());
+    save_safetensors(entry.path(), {make_f32_tensor("values", values.shape, to_f32(values)), id_tensor},
+                     original.metadata);
+    ++damaged;
+  }
+  ASSERT_EQ(damaged, 2);
+  const testing::CliResult again = run(args(fixture("images"), target, dir_.path() / "b", "fc"));
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_FALSE(run_json(dir_.path() / "b")["cache"]["clip_images"].get<bool>());
+  EXPECT_EQ(run_json(dir_.path() / "b")["cache"]["target_layers"], 0);
+  EXPECT_TRUE(testing::read_file(dir_.path() / "b" / "descriptions.csv") ==
+              testing::read_file(dir_.path() / "a" / "descriptions.csv"));
 }
 
 TEST_F(DescribeCli, UnreadableImageIsSkippedAndCountedOrFailsWithStrict) {

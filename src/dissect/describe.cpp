@@ -61,6 +61,15 @@ std::vector<std::int64_t> iota64(std::int64_t n) {
   return ids;
 }
 
+// Cached rows name probe images by index; an entry whose indices are not ascending within [0, limit), one per
+// row, was not made for this probe set and is not used.
+bool rows_name_probe_images(const CachedMatrix& matrix, std::int64_t limit) {
+  if (static_cast<std::int64_t>(matrix.ids.size()) != matrix.rows) return false;
+  for (std::size_t i = 0; i < matrix.ids.size(); ++i)
+    if (matrix.ids[i] < 0 || matrix.ids[i] >= limit || (i > 0 && matrix.ids[i] <= matrix.ids[i - 1])) return false;
+  return true;
+}
+
 // Everything the image pass produces: CLIP embeddings and the summaries of the layers not cached.
 struct ImagePass {
   std::optional<CachedMatrix> clip_images;
@@ -147,6 +156,7 @@ void Describer::resume_pass(const std::vector<PassEntry>& entries, PassState& st
   for (const PassEntry& entry : entries) {
     std::optional<PartialMatrix> partial = cache_.load_partial(entry.kind, entry.key);
     if (!partial || partial->matrix.rows == 0 || partial->covered > static_cast<std::int64_t>(probe_.size()) ||
+        !rows_name_probe_images(partial->matrix, partial->covered) ||
         (!partials.empty() && (partial->covered != partials.front().covered ||
                                partial->matrix.ids != partials.front().matrix.ids)))
       return;
@@ -324,11 +334,16 @@ DescribeResult Describer::run() {
   result.inputs = {keys_.clip, keys_.target, keys_.concepts, keys_.probe};
   keys_.target_config = config_.target_config ? sha256_file(*config_.target_config) : "none";
 
-  std::optional<CachedMatrix> images = cache_.load("clip-image", keys_.image());
+  const auto load_probe_rows = [&](const std::string& kind, const std::string& key) {
+    std::optional<CachedMatrix> cached = cache_.load(kind, key);
+    if (cached && !rows_name_probe_images(*cached, static_cast<std::int64_t>(probe_.size()))) cached.reset();
+    return cached;
+  };
+  std::optional<CachedMatrix> images = load_probe_rows("clip-image", keys_.image());
   std::map<std::string, CachedMatrix> layers;
   std::vector<std::string> missing;
   for (const std::string& layer : config_.layers) {
-    if (auto cached = cache_.load("target", keys_.layer(layer, config_.pool))) layers[layer] = *cached;
+    if (auto cached = load_probe_rows("target", keys_.layer(layer, config_.pool))) layers[layer] = *cached;
     else missing.push_back(layer);
   }
   result.stats.image_cache_hit = images.has_value();
@@ -358,6 +373,7 @@ DescribeResult Describer::run() {
   std::sort(result.skipped_images.begin(), result.skipped_images.end());
 
   std::optional<CachedMatrix> texts = cache_.load("clip-text", keys_.text());
+  if (texts && texts->rows != static_cast<std::int64_t>(result.concepts.size())) texts.reset();
   result.stats.text_cache_hit = texts.has_value();
   if (!texts) {
     const auto stage = Clock::now();
@@ -366,6 +382,10 @@ DescribeResult Describer::run() {
     cache_.store("clip-text", keys_.text(), *texts);
   }
 
+  if (texts->cols != images->cols)
+    fail("describe: the CLIP image embeddings are {} wide but the text embeddings {}; a cache entry in {} is damaged: "
+         "remove the folder or run with --no-cache",
+         images->cols, texts->cols, cache_.folder() ? cache_.folder()->string() : "(none)");
   ProgressBar progress(std::string("similarity (") + std::string(similarity_function_name(config_.similarity)) + ")",
                        config_.layers.size(), ProgressUnit::items, config_.quiet);
   const auto similarity_start = Clock::now();
