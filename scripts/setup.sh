@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
   chromium                               # the HTML report's tests render it headless
+  clang libclang-rt-14-dev               # libFuzzer (+ ASan/UBSan runtimes) for scripts/fuzz.sh
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
