@@ -49,6 +49,7 @@ for target in $targets; do
   seeds=$(for f in $(fixture_seeds "$target"); do printf '%s,' "$CLIPDISSECT_FIXTURES/$f"; done)
   arguments=()
   [ "$target" = clip_bpe_vocab ] && arguments+=(-max_len=2000000)
+  case $target in config_json | safetensors | wordpiece_files) arguments+=(-dict=fuzz/json.dict) ;; esac
   [ -n "$seeds" ] && arguments+=("-seed_inputs=${seeds%,}")
   arguments+=("$corpus")  # the first folder receives new inputs; the seeds are only read
   [ -d "fuzz/seeds/$target" ] && arguments+=("fuzz/seeds/$target")
