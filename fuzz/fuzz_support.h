@@ -27,7 +27,8 @@ std::filesystem::path fixture_path(const std::string& relative);
 // `data` as an in-memory file, the way the weight loaders see a mapped checkpoint.
 std::shared_ptr<const io::MappedFile> as_file(std::string name, Bytes data);
 
-// Sums every byte of every tensor: out-of-bounds spans become AddressSanitizer reports.
+// Sums every byte of every tensor (returned so that the reads stay): out-of-bounds spans become AddressSanitizer
+// reports.
 std::uint64_t read_every_byte(const WeightMap& weights);
 
 // Runs one reader of a target that tries several: a clean rejection (Error) lets the next one run.
