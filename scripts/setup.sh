@@ -15,6 +15,7 @@ packages=(
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
   chromium                               # the HTML report's tests render it headless
   valgrind                               # a small end-to-end run under memcheck (tests/test_valgrind.cpp)
+  clang libclang-rt-14-dev               # libFuzzer (+ ASan/UBSan runtimes) for scripts/fuzz.sh
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the Release build's tests, then the unit tests again under ASan+UBSan
-# (skip the sanitizer pass with SANITIZE=0). Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
+# (skip the sanitizer pass with SANITIZE=0), then every fuzz target for FUZZ_SECONDS (default 10) each
+# (skip with FUZZ=0; scripts/fuzz.sh 600 for long runs). Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,8 @@ if [ "${SANITIZE:-1}" != 0 ]; then
   # oneDNN's JIT and OpenMP runtime are not instrumented; leaks inside them are not ours.
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-sanitize --output-on-failure -j"$(nproc)"
+fi
+
+if [ "${FUZZ:-1}" != 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 fi

@@ -6,12 +6,9 @@
 
 #include <gtest/gtest.h>
 
-namespace clipdissect::testing {
+#include "fixtures_dir.h"
 
-inline std::filesystem::path fixtures_dir() {
-  if (const char* env = std::getenv("CLIPDISSECT_FIXTURES"); env && *env) return env;
-  return std::filesystem::path(CLIPDISSECT_SOURCE_DIR) / ".." / "shared" / "fixtures";
-}
+namespace clipdissect::testing {
 
 // Path of a fixture file; the calling test fails (fatally) when it is absent.
 inline std::filesystem::path fixture(const std::string& relative) {

@@ -42,17 +42,6 @@ TEST(WeightsCorrupt, FlippedMagicIsAnError) {
   }
 }
 
-std::size_t find_signature(const Bytes& bytes, std::uint32_t signature) {
-  for (std::size_t i = 0; i + 4 <= bytes.size(); ++i)
-    if (std::memcmp(bytes.data() + i, &signature, 4) == 0) return i;
-  throw std::runtime_error("signature not found");
-}
-
-template <typename T>
-void patch(Bytes& bytes, std::size_t offset, T value) {
-  std::memcpy(bytes.data() + offset, &value, sizeof value);
-}
-
 TEST(WeightsCorrupt, ZipSizeClaimsBeyondTheFile) {
   TempDir dir;
   Bytes stored = read_bytes(fixture("models/resnet_basic.pth"));

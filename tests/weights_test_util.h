@@ -45,6 +45,19 @@ void append_le(Bytes& out, T value) {
   std::memcpy(out.data() + at, &value, sizeof(T));
 }
 
+// Overwrites the bytes at `offset` with `value`, little-endian.
+template <typename T>
+void patch(Bytes& bytes, std::size_t offset, T value) {
+  std::memcpy(bytes.data() + offset, &value, sizeof value);
+}
+
+// Offset of the first little-endian occurrence of a 4-byte zip record signature.
+inline std::size_t find_signature(const Bytes& bytes, std::uint32_t signature) {
+  for (std::size_t i = 0; i + 4 <= bytes.size(); ++i)
+    if (std::memcmp(bytes.data() + i, &signature, 4) == 0) return i;
+  throw std::runtime_error("signature not found");
+}
+
 template <typename T>
 Bytes as_bytes_of(const std::vector<T>& values) {
   const auto* begin = reinterpret_cast<const std::byte*>(values.data());

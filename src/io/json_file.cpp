@@ -1,15 +1,15 @@
 #include "io/json_file.h"
 
 #include <fstream>
+#include <iterator>
 
 namespace clipdissect {
 
 nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot read this file", path.string());
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
-  if (json.is_discarded()) fail("{}: not valid JSON", path.string());
-  return json;
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return parse_json_text(text, path.string());
 }
 
 nlohmann::json read_json_object(const std::filesystem::path& path) {

@@ -13,6 +13,7 @@
 #include "clipdissect/error.h"
 #include "io/atomic_file.h"
 #include "io/byte_reader.h"
+#include "io/json_file.h"
 #include "io/loaders.h"
 
 namespace clipdissect {
@@ -110,8 +111,7 @@ WeightMap load_safetensors(const std::shared_ptr<const MappedFile>& file) {
     fail("{}: safetensors header claims {} bytes but {} follow (limit {})", source, header_size, reader.remaining(),
          kMaxHeaderBytes);
   const std::string_view text = reader.take_text(header_size, "safetensors header");
-  const Json header = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (header.is_discarded()) fail("{}: safetensors header is not valid JSON", source);
+  const Json header = parse_json_text<Json>(text, source + " (safetensors header)");
   if (!header.is_object()) fail("{}: safetensors header is not a JSON object", source);
   const std::span<const std::byte> data = file->bytes().subspan(reader.position());
   WeightMap weights(source, "safetensors");

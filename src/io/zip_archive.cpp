@@ -28,6 +28,7 @@ constexpr std::uint16_t kMethodDeflated = 8;
 constexpr std::uint16_t kFlagEncrypted = 0x1;
 // Deflate cannot compress better than about 1032:1; a larger claimed ratio is a lie.
 constexpr std::uint64_t kMaxDeflateRatio = 1032;
+constexpr std::size_t kFirstBufferBytes = std::size_t{64} << 10;
 
 std::uint32_t load_u32(std::span<const std::byte> bytes, std::size_t offset) {
   std::uint32_t value;
@@ -194,7 +195,10 @@ EntryData ZipArchive::read(const ZipEntry& entry) const {
 }
 
 EntryData ZipArchive::inflate(const ZipEntry& entry, std::span<const std::byte> compressed) const {
-  auto buffer = std::make_shared<std::vector<std::byte>>(entry.uncompressed_size);
+  // The buffer grows with what actually inflates, up to the declared size: a false claim costs no more
+  // memory than the data behind it.
+  const auto declared = static_cast<std::size_t>(entry.uncompressed_size);
+  auto buffer = std::make_shared<std::vector<std::byte>>();
   z_stream stream{};
   if (inflateInit2(&stream, -MAX_WBITS) != Z_OK) fail("{}: zlib inflateInit failed", source());
   std::size_t consumed = 0;
@@ -203,6 +207,8 @@ EntryData ZipArchive::inflate(const ZipEntry& entry, std::span<const std::byte> 
   // zlib counts in 32-bit uInt, so feed both sides in chunks.
   constexpr std::size_t kChunk = std::numeric_limits<uInt>::max();
   while (status == Z_OK) {
+    if (produced == buffer->size() && buffer->size() < declared)
+      buffer->resize(std::min(declared, std::max(kFirstBufferBytes, buffer->size() * 2)));
     stream.next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(compressed.data() + consumed));
     stream.avail_in = static_cast<uInt>(std::min(kChunk, compressed.size() - consumed));
     stream.next_out = reinterpret_cast<Bytef*>(buffer->data() + produced);
@@ -216,7 +222,7 @@ EntryData ZipArchive::inflate(const ZipEntry& entry, std::span<const std::byte> 
   }
   const std::string reason = stream.msg != nullptr ? stream.msg : "stream ended early or ran long";
   inflateEnd(&stream);
-  if (status != Z_STREAM_END || produced != buffer->size())
+  if (status != Z_STREAM_END || produced != declared)
     fail("{}: corrupt zip: entry '{}' does not inflate to its declared {} bytes ({})", source(), entry.name,
          entry.uncompressed_size, reason);
   return {*buffer, buffer};

@@ -1,11 +1,11 @@
 #include "models/clip_hf.h"
 
-#include <fstream>
 #include <map>
 
 #include <nlohmann/json.hpp>
 
 #include "clipdissect/error.h"
+#include "io/json_file.h"
 
 namespace clipdissect {
 namespace {
@@ -116,22 +116,25 @@ Activation parse_activation(const nlohmann::json& tower, const std::string& sour
 }
 
 HfClipConfig read_hf_config(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot read the transformers config that must accompany this CLIP checkpoint", path.string());
-  const nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
-  if (json.is_discarded() || !json.is_object()) fail("{}: not a JSON object", path.string());
-  HfClipConfig c;
-  c.source = path.string();
-  const nlohmann::json text = json.value("text_config", nlohmann::json::object());
-  const nlohmann::json vision = json.value("vision_config", nlohmann::json::object());
-  c.text_heads = text.value("num_attention_heads", 8);      // CLIPTextConfig's default
-  c.vision_heads = vision.value("num_attention_heads", 12); // CLIPVisionConfig's default
-  c.layer_norm_eps = vision.value("layer_norm_eps", 1e-5f);
-  c.activation = parse_activation(vision, c.source);
-  if (text.value("layer_norm_eps", 1e-5f) != c.layer_norm_eps || parse_activation(text, c.source) != c.activation)
-    fail("{}: text_config and vision_config differ in layer_norm_eps or hidden_act, which is not supported",
-         c.source);
-  return c;
+  if (!std::filesystem::exists(path))
+    fail("{}: missing: a transformers CLIP checkpoint needs its config.json beside it", path.string());
+  const nlohmann::json json = read_json_object(path);
+  return with_json_errors(path, [&] {  // e.g. a text_config that is no object, heads given as a string
+    HfClipConfig c;
+    c.source = path.string();
+    const nlohmann::json text = json.value("text_config", nlohmann::json::object());
+    const nlohmann::json vision = json.value("vision_config", nlohmann::json::object());
+    c.text_heads = text.value("num_attention_heads", 8);       // CLIPTextConfig's default
+    c.vision_heads = vision.value("num_attention_heads", 12);  // CLIPVisionConfig's default
+    if (c.text_heads <= 0 || c.vision_heads <= 0)
+      fail("{}: num_attention_heads must be positive (text {}, vision {})", c.source, c.text_heads, c.vision_heads);
+    c.layer_norm_eps = vision.value("layer_norm_eps", 1e-5f);
+    c.activation = parse_activation(vision, c.source);
+    if (text.value("layer_norm_eps", 1e-5f) != c.layer_norm_eps || parse_activation(text, c.source) != c.activation)
+      fail("{}: text_config and vision_config differ in layer_norm_eps or hidden_act, which is not supported",
+           c.source);
+    return c;
+  });
 }
 
 }  // namespace

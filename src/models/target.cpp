@@ -1,8 +1,7 @@
 // Choosing the target architecture from a checkpoint's tensor names.
-#include <fstream>
-
 #include "clipdissect/clip.h"
 #include "clipdissect/error.h"
+#include "io/json_file.h"
 #include "models/clip_hf.h"
 #include "models/clip_towers.h"
 #include "models/targets.h"
@@ -15,10 +14,8 @@ std::pair<nlohmann::json, std::string> read_sidecar(const std::filesystem::path&
                                                     const std::optional<std::filesystem::path>& config) {
   std::filesystem::path path = config ? *config : std::filesystem::path(checkpoint.string() + ".json");
   if (!config && !std::filesystem::exists(path)) return {nlohmann::json(), ""};
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot read the target config", path.string());
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
-  if (json.is_discarded() || !json.is_object())
+  nlohmann::json json = read_json_file(path);
+  if (!json.is_object())
     fail("{}: the target config must be a JSON object of the model constructor's arguments", path.string());
   return {std::move(json), path.string()};
 }

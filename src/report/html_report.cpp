@@ -9,7 +9,7 @@
 
 #include "clipdissect/error.h"
 #include "clipdissect/report.h"
-#include "io/mapped_file.h"
+#include "io/json_file.h"
 #include "io/atomic_file.h"
 #include "report/thumbnails.h"
 
@@ -26,16 +26,10 @@ constexpr std::string_view kPage =
     ;
 constexpr std::string_view kDataPlaceholder = "@REPORT_DATA@";
 
-json read_json_file(const fs::path& path) {
+json read_run_file(const fs::path& path) {
   if (!fs::exists(path)) fail("{}: missing (is {} the --out folder of a finished describe run?)", path.string(),
                               path.parent_path().string());
-  const auto file = io::MappedFile::open(path);
-  const auto bytes = file->bytes();
-  try {
-    return json::parse(reinterpret_cast<const char*>(bytes.data()), reinterpret_cast<const char*>(bytes.data()) + bytes.size());
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", path.string(), e.what());
-  }
+  return read_json_file(path);
 }
 
 // Fields of one JSON file, with errors that name the file and where the field is.
@@ -189,7 +183,7 @@ std::string embeddable(const json& data) {
 
 void write_report(const fs::path& run_dir) {
   const fs::path run_file = run_dir / "run.json", descriptions_file = run_dir / "descriptions.json";
-  const json run = read_json_file(run_file), descriptions = read_json_file(descriptions_file);
+  const json run = read_run_file(run_file), descriptions = read_run_file(descriptions_file);
   const Fields run_fields(run_file);
 
   PageData data(descriptions_file);

@@ -94,6 +94,10 @@ std::u32string normalize(std::u32string_view text, const WordPieceTokenizer::Nor
 
 // ---- loading -------------------------------------------------------------------------------------------
 
+// Highest max_input_chars_per_word accepted from a tokenizer.json: one word of 1000 characters took 7 s and
+// of 2000 characters 30 s (Release, 2-core machine), so a hostile file plus one long line would hang a run.
+constexpr std::size_t kMaxWordCharsLimit = 256;
+
 std::int32_t vocab_id(const WordPieceTokenizer::Settings& s, const std::string& token, const char* role) {
   const auto it = s.vocab.find(token);
   if (it == s.vocab.end()) fail("{}: the {} token '{}' is not in the vocabulary", s.source, role, token);
@@ -158,6 +162,10 @@ WordPieceTokenizer::Settings read_tokenizer_json(const fs::path& path) {
     for (const auto& [token, id] : model.at("vocab").items()) s.vocab.emplace(token, id.get<std::int32_t>());
     s.continuation_prefix = model.value("continuing_subword_prefix", "##");
     s.max_word_chars = model.value("max_input_chars_per_word", std::size_t{100});
+    if (s.max_word_chars > kMaxWordCharsLimit)
+      fail("{}: model.max_input_chars_per_word is {}, above the {} this tokenizer accepts (BERT and MPNet use 100; "
+           "the longest-match search costs the cube of a word's length)",
+           s.source, s.max_word_chars, kMaxWordCharsLimit);
     s.unk_id = vocab_id(s, model.at("unk_token").get<std::string>(), "unknown");
     read_normalizer(root.at("normalizer"), s);
     const json& pre = root.at("pre_tokenizer");
