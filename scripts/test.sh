@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the Release build's tests, then the unit tests again under ASan+UBSan
-# (skip the sanitizer pass with SANITIZE=0). Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
+# (skip the sanitizer pass with SANITIZE=0), then, where nvcc is, the CUDA build (skip with CUDA=0).
+# Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,12 @@ if [ "${SANITIZE:-1}" != 0 ]; then
   # oneDNN's JIT and OpenMP runtime are not instrumented; leaks inside them are not ours.
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-sanitize --output-on-failure -j"$(nproc)"
+fi
+
+# The CUDA backend compiles wherever the toolkit is, so it never rots; its GPU tests skip, saying so, on a
+# machine without a GPU (bench/cuda_device_check.sh runs them on one).
+if [ "${CUDA:-1}" != 0 ] && command -v nvcc >/dev/null; then
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCLIPDISSECT_CUDA=ON -DCLIPDISSECT_BUILD_BENCH=OFF
+  cmake --build build-cuda -j"$(nproc)"
+  ctest --test-dir build-cuda --output-on-failure -j"$(nproc)" -R 'Cuda|Device'
 fi

@@ -30,6 +30,8 @@ std::string device_name(const Device& device);
 
 // Whether this build has the CUDA backend (-DCLIPDISSECT_CUDA=ON).
 bool cuda_compiled();
+// The GPUs the CUDA runtime sees; 0 without CUDA, without a driver or without a GPU.
+int cuda_device_count();
 
 // A CUDA backend on GPU `device`. Throws Error on a build without CUDA (saying how to build it) and when
 // the device does not exist (with the CUDA runtime's own reason, e.g. no driver or no GPU).

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <future>
 #include <numeric>
 
 #include <fmt/ranges.h>
@@ -65,7 +66,10 @@ class Describer {
  public:
   explicit Describer(const DescribeConfig& config)
       : config_(config),
-        backend_(make_cpu_backend(config.threads)),
+        clip_backend_(make_backend(config.device, config.clip_precision, config.threads)),
+        target_backend_(config.target_precision == config.clip_precision
+                            ? nullptr
+                            : make_backend(config.device, config.target_precision, config.threads)),
         cache_(config.use_cache ? std::optional<fs::path>(config.cache_dir.value_or(default_cache_dir() / "activations"))
                                 : std::nullopt) {}
 
@@ -73,11 +77,13 @@ class Describer {
 
  private:
   ClipModel& clip() {
-    if (!clip_) clip_ = ClipModel::load(*backend_, config_.clip);
+    if (!clip_) clip_ = ClipModel::load(*clip_backend_, config_.clip);
     return *clip_;
   }
+  // The target's own backend when its precision differs from CLIP's, else the same one.
+  Backend& target_backend() { return target_backend_ ? *target_backend_ : *clip_backend_; }
   Network& target() {
-    if (!target_) target_ = load_target(*backend_, config_.target, config_.target_config);
+    if (!target_) target_ = load_target(target_backend(), config_.target, config_.target_config);
     return *target_;
   }
 
@@ -89,7 +95,7 @@ class Describer {
                                   std::vector<float>* keep_similarity) const;
 
   const DescribeConfig& config_;
-  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Backend> clip_backend_, target_backend_;
   ActivationCache cache_;
   std::unique_ptr<ClipModel> clip_;
   std::unique_ptr<Network> target_;
@@ -111,17 +117,26 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   std::vector<Preprocess> preprocesses;
   if (need_clip) preprocesses.push_back(clip().preprocess());
   if (!layers.empty()) preprocesses.push_back(target().preprocess());
-  Recorder recorder(*backend_, config_.pool, layers);
+  Recorder recorder(target_backend(), config_.pool, layers);
   std::vector<float> clip_rows;
   std::vector<std::int64_t> used;
   const std::size_t total = probe_.size();
   ProgressBar progress(need_clip && !layers.empty() ? "CLIP + target forward" : need_clip ? "CLIP images" : "target forward",
                        total, ProgressUnit::items, config_.quiet);
+  const auto decode = [&](std::size_t first) {
+    return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses);
+  };
+  // A GPU gets the next batch decoded while it runs the current one; on the CPU decoding and the forward
+  // passes would compete for the same cores.
+  const bool prefetch = config_.device.cuda;
+  std::future<PreprocessedBatch> next;
+  if (prefetch && total > 0) next = std::async(std::launch::async, decode, 0);
   for (std::size_t first = 0; first < total; first += config_.batch_size) {
     const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
     auto stage = Clock::now();
-    PreprocessedBatch batch = preprocess_batch(probe_, first, count, preprocesses);
-    result.stats.decode_seconds += seconds_since(stage);
+    PreprocessedBatch batch = prefetch ? next.get() : decode(first);
+    if (prefetch && first + count < total) next = std::async(std::launch::async, decode, first + count);
+    result.stats.decode_seconds += seconds_since(stage);  // with prefetching, only the wait for decoding
     for (const auto& [index, reason] : batch.failures) {
       if (config_.strict) fail("{} (--strict)", reason);
       spdlog::warn("skipping image: {}", reason);
@@ -137,14 +152,15 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
     if (need_clip) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
-      const std::vector<float> rows = clip().encode_image(backend_->upload(batch.pixels[which++], {n, 3, size, size}));
+      const std::vector<float> rows =
+          clip().encode_image(clip_backend_->upload(batch.pixels[which++], {n, 3, size, size}));
       clip_rows.insert(clip_rows.end(), rows.begin(), rows.end());
       result.stats.clip_image_seconds += seconds_since(stage);
     }
     if (!layers.empty()) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
-      target().forward(backend_->upload(batch.pixels[which], {n, 3, size, size}), &recorder);
+      target().forward(target_backend().upload(batch.pixels[which], {n, 3, size, size}), &recorder);
       result.stats.target_seconds += seconds_since(stage);
     }
     progress.update(first + count);
@@ -216,7 +232,8 @@ LayerDescription Describer::describe_layer(const std::string& name, const Cached
          similarity_function_name(config_.similarity), needed, activations.rows);
   const SimilarityInputs inputs{images.values, texts.values, activations.values, images.rows, images.cols,
                                 texts.rows,    activations.cols};
-  const std::vector<float> similarity = compute_similarity(config_.similarity, inputs, config_.similarity_params);
+  const std::vector<float> similarity =
+      compute_similarity(config_.similarity, inputs, config_.similarity_params, config_.device);
   LayerDescription layer{name, {}};
   for (std::int64_t unit = 0; unit < activations.cols; ++unit) {
     const float* row = similarity.data() + unit * texts.rows;

@@ -57,6 +57,7 @@ std::unique_ptr<Backend> make_backend(const Device& device, Precision precision,
 
 #ifndef CLIPDISSECT_WITH_CUDA
 bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(int device, Precision) {
   fail("--device cuda:{}: this clipdissect was built without CUDA; rebuild it with -DCLIPDISSECT_CUDA=ON "

@@ -16,6 +16,7 @@
 #include "engine/cuda/allocator.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/op_checks.h"
 
 namespace clipdissect {
 namespace cuda {
@@ -40,9 +41,7 @@ void* data_of(const Tensor& t) {
   return storage->data();
 }
 
-void expect_rank(const Tensor& t, int rank, const char* op) {
-  if (t.rank() != rank) fail("cuda backend: {} expects a rank-{} tensor, got {}", op, rank, shape_to_string(t.shape()));
-}
+void expect_rank(const Tensor& t, int rank, const char* op) { op_checks::rank("cuda", t, rank, op); }
 
 Element element_of(Precision precision) {
   switch (precision) {
@@ -92,6 +91,7 @@ class TensorDesc {
 
 struct ConvAlgorithm {
   cudnnConvolutionFwdAlgo_t algo{};
+  cudnnMathType_t math{};  // cuDNN runs an algorithm with the math type its heuristics reported for it
   std::size_t workspace = 0;
 };
 
@@ -183,14 +183,11 @@ class CudaBackend final : public Backend {
   std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
                                           std::span<const float> bias, std::span<const float> scale,
                                           std::span<const float> shift) override {
-    const std::int64_t expected =
-        std::int64_t{spec.out_channels} * (spec.in_channels / std::max(1, spec.groups)) * spec.kernel * spec.kernel;
-    if (spec.groups < 1 || spec.in_channels % spec.groups != 0 || static_cast<std::int64_t>(weight.size()) != expected)
-      fail("cuda backend: conv weight has {} values, expected {}", weight.size(), expected);
+    op_checks::conv_weight("cuda", spec, weight.size(), bias.size());
     auto conv = std::make_shared<CudaConv>();
     conv->spec = spec;
     conv->weight = to_device(weight);
-    conv->bias = optional_channels(bias, spec.out_channels, "conv bias");
+    conv->bias = bias.empty() ? nullptr : floats_on_device(bias);
     if (!scale.empty() || !shift.empty()) {
       conv->scale = channels_on_device(scale, spec.out_channels, "conv scale");
       conv->shift = channels_on_device(shift, spec.out_channels, "conv shift");
@@ -204,21 +201,18 @@ class CudaBackend final : public Backend {
                                                            spec.stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                            CUDNN_DATA_FLOAT));
     CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionGroupCount(conv->conv, spec.groups));
-    // fp32 stays fp32 (no TF32: the CPU comparison is within 1e-3); fp16 and bf16 use the tensor cores.
-    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(
-        conv->conv, element_ == Element::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv->conv, allowed_math()));
     return conv;
   }
 
   std::shared_ptr<LinearParams> make_linear(int in_features, int out_features, std::span<const float> weight,
                                             std::span<const float> bias) override {
-    if (static_cast<std::int64_t>(weight.size()) != std::int64_t{in_features} * out_features)
-      fail("cuda backend: linear weight has {} values, expected {}x{}", weight.size(), out_features, in_features);
+    op_checks::linear_weight("cuda", in_features, out_features, weight.size(), bias.size());
     auto linear = std::make_shared<CudaLinear>();
     linear->in = in_features;
     linear->out = out_features;
     linear->weight = to_device(weight);
-    linear->bias = optional_channels(bias, out_features, "linear bias");
+    linear->bias = bias.empty() ? nullptr : floats_on_device(bias);
     return linear;
   }
 
@@ -246,20 +240,13 @@ class CudaBackend final : public Backend {
                 bool raw) override {
     auto& conv = const_cast<CudaConv&>(static_cast<const CudaConv&>(params));
     const Conv2dSpec& s = conv.spec;
-    if (x.rank() != 4 || x.dim(1) != s.in_channels)
-      fail("cuda backend: conv2d expects [N, {}, H, W], got {}", s.in_channels, shape_to_string(x.shape()));
-    if (raw && (residual || act != Activation::None))
-      fail("cuda backend: a raw convolution takes no residual or activation");
-    const std::int64_t oh = (x.dim(2) + 2 * s.padding - s.kernel) / s.stride + 1;
-    const std::int64_t ow = (x.dim(3) + 2 * s.padding - s.kernel) / s.stride + 1;
-    const Shape out_shape{x.dim(0), s.out_channels, oh, ow};
-    if (residual && residual->shape() != out_shape)
-      fail("cuda backend: conv2d residual {} for output {}", shape_to_string(residual->shape()),
-           shape_to_string(out_shape));
+    const Shape out_shape = op_checks::conv2d_output("cuda", s, x, residual, act, raw);
+    const std::int64_t oh = out_shape[2], ow = out_shape[3];
     const TensorDesc x_desc(element_, x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     const TensorDesc y_desc(element_, out_shape[0], out_shape[1], oh, ow);
     const ConvAlgorithm algorithm = conv_algorithm(conv, x, x_desc, y_desc);
     std::shared_ptr<void> workspace = allocator_->allocate(algorithm.workspace, stream_);
+    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv.conv, algorithm.math));
     Tensor out = empty(out_shape);
     const float one = 1.f, zero = 0.f;
     CLIPDISSECT_CUDA_CHECK(cudnnConvolutionForward(dnn_, &one, x_desc.get(), data_of(x), conv.filter,
@@ -330,15 +317,8 @@ class CudaBackend final : public Backend {
 
   Tensor linear(const LinearParams& params, const Tensor& x, Activation act, const Tensor* residual) override {
     const auto& linear = static_cast<const CudaLinear&>(params);
-    if (x.rank() < 1 || x.dim(-1) != linear.in)
-      fail("cuda backend: linear expects [..., {}], got {}", linear.in, shape_to_string(x.shape()));
     const std::int64_t rows = x.numel() / linear.in;
-    Shape out_shape = x.shape();
-    out_shape.back() = linear.out;
-    if (residual && residual->shape() != out_shape)
-      fail("cuda backend: linear residual {} for output {}", shape_to_string(residual->shape()),
-           shape_to_string(out_shape));
-    Tensor out = empty(out_shape);
+    Tensor out = empty(op_checks::linear_output("cuda", linear.in, linear.out, x, residual));
     // Row-major y = x W^T is column-major y^T = W x^T: W is stored [out, in], i.e. column-major W^T.
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, linear.out, rows, linear.in, 1.f, linear.weight.get(), linear.in, 0, data_of(x),
          linear.in, 0, data_of(out), linear.out, 0, 1);
@@ -370,13 +350,10 @@ class CudaBackend final : public Backend {
   }
 
   Tensor prepend_token(const Tensor& tokens, const Tensor& first) override {
-    expect_rank(tokens, 3, "prepend_token");
+    op_checks::prepend("cuda", tokens, first);
     const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
-    const bool shared = first.rank() == 1;
-    if (first.dim(-1) != d || (!shared && (first.rank() != 2 || first.dim(0) != n)))
-      fail("cuda backend: prepend_token of {} to {}", shape_to_string(first.shape()), shape_to_string(tokens.shape()));
     Tensor out = empty({n, l + 1, d});
-    cuda::prepend_token(element_, data_of(out), data_of(tokens), data_of(first), shared, n, l, d, stream_);
+    cuda::prepend_token(element_, data_of(out), data_of(tokens), data_of(first), first.rank() == 1, n, l, d, stream_);
     check_launch("prepend_token");
     return out;
   }
@@ -390,11 +367,8 @@ class CudaBackend final : public Backend {
   }
 
   Tensor add_positional(const Tensor& tokens, const Tensor& positional) override {
-    expect_rank(tokens, 3, "add_positional");
+    op_checks::positional("cuda", tokens, positional);
     const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
-    if (positional.rank() != 2 || positional.dim(1) != d || positional.dim(0) < l)
-      fail("cuda backend: positional embedding {} for tokens {}", shape_to_string(positional.shape()),
-           shape_to_string(tokens.shape()));
     Tensor out = empty(tokens.shape());
     cuda::add_positional(element_, data_of(out), data_of(tokens), data_of(positional), n, l, d, stream_);
     check_launch("add_positional");
@@ -402,43 +376,19 @@ class CudaBackend final : public Backend {
   }
 
   Tensor select_tokens(const Tensor& tokens, std::span<const std::int64_t> positions) override {
-    expect_rank(tokens, 3, "select_tokens");
-    const std::int64_t n = tokens.dim(0), l = tokens.dim(1);
-    if (static_cast<std::int64_t>(positions.size()) != n)
-      fail("cuda backend: select_tokens got {} positions for {} sequences", positions.size(), n);
-    std::vector<std::int64_t> rows(n);
-    for (std::int64_t i = 0; i < n; ++i) {
-      if (positions[i] < 0 || positions[i] >= l)
-        fail("cuda backend: token position {} outside a sequence of {}", positions[i], l);
-      rows[i] = i * l + positions[i];
-    }
-    return gather(tokens, rows, {n, tokens.dim(2)});
+    return gather(tokens, op_checks::token_rows("cuda", tokens, positions), {tokens.dim(0), tokens.dim(2)});
   }
 
   Tensor embedding(const Tensor& table, std::span<const std::int32_t> ids, std::int64_t batch,
                    std::int64_t length) override {
     expect_rank(table, 2, "embedding");
-    if (static_cast<std::int64_t>(ids.size()) != batch * length)
-      fail("cuda backend: embedding got {} ids for {}x{}", ids.size(), batch, length);
-    std::vector<std::int64_t> rows(ids.begin(), ids.end());
-    for (std::int64_t id : rows)
-      if (id < 0 || id >= table.dim(0))
-        fail("cuda backend: token id {} outside the vocabulary of {}", id, table.dim(0));
-    return gather(table, rows, {batch, length, table.dim(1)});
+    op_checks::token_ids("cuda", ids, table.dim(0), batch, length);
+    return gather(table, std::vector<std::int64_t>(ids.begin(), ids.end()), {batch, length, table.dim(1)});
   }
 
   // q, k, v split into [N, H, L, hd] blocks, then two strided batched GEMMs around our softmax kernel.
   Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias) override {
-    expect_rank(qkv, 3, "attention");
-    const std::int64_t n = qkv.dim(0), l = qkv.dim(1), d = qkv.dim(2) / 3, hd = heads > 0 ? d / heads : 0;
-    if (heads <= 0 || qkv.dim(2) != 3 * d || d % heads != 0)
-      fail("cuda backend: attention input {} does not split into q, k, v of {} heads", shape_to_string(qkv.shape()),
-           heads);
-    if (score_bias && (score_bias->rank() != 4 || (score_bias->dim(0) != 1 && score_bias->dim(0) != n) ||
-                       score_bias->dim(1) != heads || score_bias->dim(2) != l || score_bias->dim(3) != l))
-      fail("cuda backend: attention score bias {} for {} sequences of {} tokens and {} heads, expected [{} or 1, {}, "
-           "{}, {}]",
-           shape_to_string(score_bias->shape()), n, l, heads, n, heads, l, l);
+    const auto [n, l, d, hd] = op_checks::attention("cuda", qkv, heads, score_bias);
     const Shape head_shape{n, heads, l, hd};
     Tensor q = empty(head_shape), k = empty(head_shape), v = empty(head_shape);
     split_heads(element_, data_of(q), data_of(k), data_of(v), data_of(qkv), n, l, heads, hd, stream_);
@@ -553,15 +503,17 @@ class CudaBackend final : public Backend {
       fail("cuda backend: {} has {} values, expected {}", what, values.size(), channels);
     return floats_on_device(values);
   }
-  std::shared_ptr<void> optional_channels(std::span<const float> values, int channels, const char* what) {
-    return values.empty() ? nullptr : channels_on_device(values, channels, what);
-  }
 
-  // The fastest algorithm cuDNN's heuristics rank first among those that run in the workspace limit,
-  // chosen once per input shape.
+  // fp32 stays fp32 (no TF32, which the default math type allows: the CPU comparison is within 1e-3);
+  // fp16 and bf16 use the tensor cores.
+  cudnnMathType_t allowed_math() const { return element_ == Element::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH; }
+
+  // The algorithm cuDNN's heuristics rank first among those that run in the workspace limit (and, in fp32,
+  // without tensor cores), chosen once per input shape.
   ConvAlgorithm conv_algorithm(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc) {
     const std::array<std::int64_t, 4> key{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
     if (const auto found = conv.algorithms.find(key); found != conv.algorithms.end()) return found->second;
+    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv.conv, allowed_math()));
     std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> candidates{};
     int returned = 0;
     CLIPDISSECT_CUDA_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, x_desc.get(), conv.filter, conv.conv,
@@ -570,11 +522,15 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < returned; ++i) {
       const cudnnConvolutionFwdAlgoPerf_t& c = candidates[i];
       if (c.status != CUDNN_STATUS_SUCCESS || c.memory > kMaxConvWorkspace) continue;
+      const bool tensor_cores = c.mathType == CUDNN_TENSOR_OP_MATH || c.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+      if (element_ == Element::F32 && tensor_cores) continue;
+      const cudnnMathType_t math = element_ == Element::F32 ? CUDNN_FMA_MATH : c.mathType;
       std::size_t workspace = 0;
-      if (cudnnGetConvolutionForwardWorkspaceSize(dnn_, x_desc.get(), conv.filter, conv.conv, y_desc.get(), c.algo,
+      if (cudnnSetConvolutionMathType(conv.conv, math) != CUDNN_STATUS_SUCCESS ||
+          cudnnGetConvolutionForwardWorkspaceSize(dnn_, x_desc.get(), conv.filter, conv.conv, y_desc.get(), c.algo,
                                                   &workspace) != CUDNN_STATUS_SUCCESS)
         continue;
-      return conv.algorithms[key] = ConvAlgorithm{c.algo, workspace};
+      return conv.algorithms[key] = ConvAlgorithm{c.algo, math, workspace};
     }
     fail("cuda backend: cuDNN has no convolution algorithm for input {} and a {}x{} kernel ({} -> {} channels, {} "
          "groups) in {}",
@@ -611,6 +567,15 @@ class CudaBackend final : public Backend {
 }  // namespace cuda
 
 bool cuda_compiled() { return true; }
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // not sticky, but leave no error behind for the next call
+    return 0;
+  }
+  return count;
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device, Precision precision) {
   return std::make_unique<cuda::CudaBackend>(device, precision);
