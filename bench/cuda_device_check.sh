@@ -4,7 +4,7 @@
 #
 #   bench/cuda_device_check.sh prepare
 #       here: builds build-cuda (-DCLIPDISSECT_CUDA=ON, with the benchmarks), then packs the binaries, the
-#       Debian libraries they load and the fixtures the GPU tests read into .device/bundle.tar.xz
+#       Debian libraries they load and the fixtures the GPU tests read into .device/bundle.tar.xz (git-ignored)
 #   bench/cuda_device_check.sh run          (there, with carry [".device"], timeout ~600 s)
 #       1. the GPU tests (clipdissect_tests --gtest_filter='Cuda*:DeviceBackends*')
 #       2. describe on 10,000 synthetic 500x375 JPEGs, random-weight CLIP ViT-B/16 and ResNet-50, 20k concepts,
@@ -20,9 +20,6 @@ images=${IMAGES:-10000}
 prepare() {
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCLIPDISSECT_CUDA=ON -DCLIPDISSECT_BUILD_BENCH=ON
   cmake --build build-cuda -j"$(nproc)" --target clipdissect clipdissect_tests clipdissect_bench_similarity
-  local exclude
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx "/$pack/" "$exclude" || echo "/$pack/" >>"$exclude"
   local staging
   staging=$(mktemp -d)
   mkdir -p "$staging/real" "$staging/lib" "$staging/fixtures"

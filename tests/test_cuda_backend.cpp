@@ -27,7 +27,7 @@ using testing::random_values;
 
 std::size_t count(const Shape& shape) { return static_cast<std::size_t>(shape_numel(shape)); }
 
-// A CUDA backend in `precision` on GPU 0, or a skip naming why there is none.
+// A CUDA backend in `precision` on GPU 0, or null and the reason there is none (the test then skips with it).
 std::unique_ptr<Backend> cuda_backend_or_skip(Precision precision, std::string& skip_reason) {
   try {
     return make_cuda_backend(0, precision);
@@ -195,8 +195,8 @@ TEST_P(CudaModels, TargetForwardMatchesCpuInFp32) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModels,
                          ::testing::Values("resnet_basic.pth", "resnet_bottleneck.pth", "resnet_places_legacy.pth.tar",
                                            "vit_target.pth", "clip_vit.pt", "clip_rn.pt"),
-                         [](const auto& info) {
-                           std::string name = info.param;
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
                            for (char& ch : name)
                              if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return name;
@@ -215,11 +215,12 @@ TEST_P(CudaClip, ImageAndTextFeaturesMatchCpuInFp32) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaClip, ::testing::Values("clip_vit.pt", "clip_rn.pt"),
-                         [](const auto& info) { return info.param == "clip_vit.pt" ? "vit" : "rn"; });
+                         [](const auto& param_info) { return param_info.param == "clip_vit.pt" ? "vit" : "rn"; });
 
 // SoftWPMI and WPMI on the GPU equal the CPU's within float rounding, ties and all.
 TEST(CudaSimilarity, WeightedPmiMatchesCpu) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount found none";
+  std::string skip_reason;
+  if (!cuda_backend_or_skip(Precision::F32, skip_reason)) GTEST_SKIP() << skip_reason;
   const std::int64_t n = 700, d = 48, k = 300, c = 37;
   const auto images = random_values(n * d, 23), texts = random_values(k * d, 24);
   auto activations = random_values(n * c, 25);
@@ -234,7 +235,8 @@ TEST(CudaSimilarity, WeightedPmiMatchesCpu) {
 
 // describe on the e2e fixture: fp32 on the GPU gives the CPU's labels; fp16 CLIP agrees on >= 99% of neurons.
 TEST(CudaDescribe, E2eLabelsMatchCpu) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount found none";
+  std::string skip_reason;
+  if (!cuda_backend_or_skip(Precision::F32, skip_reason)) GTEST_SKIP() << skip_reason;
   testing::TemporaryFolder dir;
   DescribeConfig c;
   c.clip = fixture("models/clip_vit.pt");
