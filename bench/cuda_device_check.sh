@@ -49,8 +49,8 @@ run() {
   # Our programs find the carried libraries and PyTorch's CUDA libraries through wrappers, so that Python
   # (PyTorch itself) runs with its own environment.
   local site cuda_libs
-  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  cuda_libs=$(find "$site/nvidia" -maxdepth 2 -type d -name lib 2>/dev/null | tr '\n' ':')
+  site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+  cuda_libs=$( (find "$site/nvidia" -maxdepth 2 -type d -name lib 2>/dev/null || true) | tr '\n' ':')
   for program in "$work"/real/*; do
     printf '#!/bin/sh\nLD_LIBRARY_PATH="%s:%s/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' \
       "$work/lib" "$cuda_libs" "$program" >"$work/bin/$(basename "$program")"
@@ -58,8 +58,8 @@ run() {
   done
   export CLIPDISSECT_FIXTURES=$work/fixtures
   {
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    lscpu | grep -m1 'Model name'
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+    lscpu | grep -m1 'Model name' || true
     LD_LIBRARY_PATH="$work/lib:$cuda_libs/usr/local/cuda/lib64" ldd "$work/real/clipdissect" | grep -E 'not found|cudnn|cublas|cudart' || true
   } 2>&1 | tee "$out/machine.txt"
 

@@ -27,7 +27,10 @@ def measure_in_child(command, env):
     probe = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
              "sys.stderr.write(r.stderr); r.check_returncode();"
              "print(json.dumps({'out': r.stdout, 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    out = subprocess.run([sys.executable, "-c", probe] + command, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", probe] + command, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)  # the command's own error, which the failure alone would hide
+        out.check_returncode()
     result = json.loads(out.stdout)
     return result["out"], result["rss"] / 1024.0
 
