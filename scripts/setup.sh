@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
   chromium                               # the HTML report's tests render it headless
+  valgrind                               # a small end-to-end run under memcheck (tests/test_valgrind.cpp)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -71,6 +71,7 @@ struct DescribeResult {
   struct Stats {
     bool image_cache_hit = false, text_cache_hit = false;
     int layer_cache_hits = 0;
+    std::int64_t continued_from = 0;  // probe images covered by a stopped run whose image pass this one continued
     // Wall-clock seconds per stage (0 for a stage served by the cache) and in all.
     double decode_seconds = 0, clip_image_seconds = 0, target_seconds = 0, clip_text_seconds = 0,
            similarity_seconds = 0, seconds = 0;

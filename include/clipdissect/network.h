@@ -30,6 +30,8 @@ class Recorder {
   bool wants(std::string_view layer) const { return wanted_.count(std::string(layer)) > 0; }
   // Called by networks at each module boundary; summarises at once so full maps are never kept.
   void record(std::string_view layer, const Tensor& output);
+  // Starts `layer` with rows recorded earlier, by a run that this one continues.
+  void seed(const std::string& layer, LayerSummary rows) { summaries_[layer] = std::move(rows); }
 
   const std::vector<std::string>& layers() const { return layers_; }
   const LayerSummary& summary(const std::string& layer) const;

@@ -1,4 +1,7 @@
 // clipdissect describe: the main job.
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <memory>
 
@@ -6,9 +9,11 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "io/atomic_file.h"
 #include "clipdissect/describe.h"
 #include "clipdissect/download.h"
 #include "clipdissect/error.h"
+#include "clipdissect/interrupt.h"
 #include "clipdissect/network.h"
 
 namespace clipdissect::cli {
@@ -60,6 +65,34 @@ EvalConfig eval_config(const DescribeOptions& o, DescribeConfig& describe_config
   return eval;
 }
 
+// SIGINT (Ctrl-C) and SIGTERM while describe computes: the first asks for a stop at the next safe point, after
+// what is done has been saved; SA_RESETHAND makes a second one end the process at once.
+class StopOnSignals {
+ public:
+  StopOnSignals() {
+    struct sigaction action {};
+    action.sa_handler = on_signal;
+    action.sa_flags = SA_RESETHAND;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &previous_interrupt_);
+    sigaction(SIGTERM, &action, &previous_terminate_);
+  }
+  ~StopOnSignals() {
+    sigaction(SIGINT, &previous_interrupt_, nullptr);
+    sigaction(SIGTERM, &previous_terminate_, nullptr);
+  }
+  StopOnSignals(const StopOnSignals&) = delete;
+  StopOnSignals& operator=(const StopOnSignals&) = delete;
+
+ private:
+  static void on_signal(int) {
+    request_stop();
+    static constexpr char kMessage[] = "\nstopping after the current step (interrupt again to quit at once)\n";
+    [[maybe_unused]] const ssize_t ignored = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  }
+  struct sigaction previous_interrupt_ {}, previous_terminate_ {};
+};
+
 void run_describe(const DescribeOptions& o) {
   DescribeConfig config;
   config.clip = resolve_named_or_path(o.clip, o.download);
@@ -88,7 +121,11 @@ void run_describe(const DescribeOptions& o) {
   if (o.quiet) spdlog::set_level(spdlog::level::warn);
   const std::optional<EvalConfig> eval = o.eval_ground_truth ? std::optional(eval_config(o, config)) : std::nullopt;
 
-  const DescribeResult result = describe(config);
+  check_writable_folder(o.out, "--out");  // before hours of work, not after
+  const DescribeResult result = [&] {
+    const StopOnSignals stop_on_signals;
+    return describe(config);
+  }();
   write_describe_outputs(config, result, o.out);
   std::size_t neurons = 0;
   for (const LayerDescription& layer : result.layers) neurons += layer.neurons.size();

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "clipdissect/error.h"
+#include "clipdissect/interrupt.h"
 #include "clipdissect/network.h"
 #include "cli/commands.h"
 
@@ -56,6 +57,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const clipdissect::Interrupted& e) {
+    spdlog::warn("{}", e.what());
+    return 130;  // the shell's code for a process ended by SIGINT
   } catch (const clipdissect::Error& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -16,6 +16,7 @@
 
 #include "clipdissect/clip.h"
 #include "clipdissect/error.h"
+#include "clipdissect/interrupt.h"
 #include "clipdissect/network.h"
 #include "clipdissect/paths.h"
 #include "clipdissect/probe.h"
@@ -39,15 +40,20 @@ constexpr int kCacheVersion = 1;
 std::string pool_name(PoolMode mode) { return mode == PoolMode::Max ? "max" : "avg"; }
 
 struct Keys {
-  std::string clip, target;  // checksums
+  std::string clip, target, target_config;  // checksums
   std::string probe, concepts;
 
   std::string image() const { return fmt::format("clip-image v{}\nclip {}\nprobe {}\n", kCacheVersion, clip, probe); }
   std::string text() const { return fmt::format("clip-text v{}\nclip {}\nconcepts {}\n", kCacheVersion, clip, concepts); }
-  std::string layer(const std::string& name, PoolMode pool, const std::string& config) const {
+  std::string layer(const std::string& name, PoolMode pool) const {
     return fmt::format("target v{}\ntarget {}\nconfig {}\nprobe {}\nlayer {}\npool {}\n", kCacheVersion, target,
-                       config, probe, name, pool_name(pool));
+                       target_config, probe, name, pool_name(pool));
   }
+};
+
+// One matrix the image pass makes: the CLIP image embeddings (no layer) or a layer's summaries.
+struct PassEntry {
+  std::string kind, key, layer;
 };
 
 std::vector<std::int64_t> iota64(std::int64_t n) {
@@ -56,10 +62,28 @@ std::vector<std::int64_t> iota64(std::int64_t n) {
   return ids;
 }
 
+// Cached rows name probe images by index; an entry whose indices are not ascending within [0, limit), one per
+// row, was not made for this probe set and is not used.
+bool rows_name_probe_images(const CachedMatrix& matrix, std::int64_t limit) {
+  if (static_cast<std::int64_t>(matrix.ids.size()) != matrix.rows) return false;
+  for (std::size_t i = 0; i < matrix.ids.size(); ++i)
+    if (matrix.ids[i] < 0 || matrix.ids[i] >= limit || (i > 0 && matrix.ids[i] <= matrix.ids[i - 1])) return false;
+  return true;
+}
+
 // Everything the image pass produces: CLIP embeddings and the summaries of the layers not cached.
 struct ImagePass {
   std::optional<CachedMatrix> clip_images;
   std::map<std::string, CachedMatrix> layers;
+};
+
+// The image pass so far: CLIP embeddings and layer summaries (in the recorder) of `used`, the readable
+// images among probe images [0, covered).
+struct PassState {
+  std::int64_t covered = 0;
+  std::vector<std::int64_t> used;
+  std::vector<float> clip_rows;
+  Recorder recorder;
 };
 
 class Describer {
@@ -88,7 +112,12 @@ class Describer {
   }
 
   void validate_layers();
+  std::vector<PassEntry> pass_entries(bool need_clip, const std::vector<std::string>& layers) const;
   ImagePass image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result);
+  void resume_pass(const std::vector<PassEntry>& entries, PassState& state) const;
+  void save_partial_pass(const std::vector<PassEntry>& entries, const PassState& state) const;
+  CachedMatrix pass_matrix(const PassEntry& entry, const PassState& state) const;
+  std::string saved_so_far(const std::string& what) const;
   CachedMatrix text_embeddings(const std::vector<std::string>& concepts);
   LayerDescription describe_layer(const std::string& name, const CachedMatrix& activations,
                                   const CachedMatrix& images, const CachedMatrix& texts,
@@ -112,17 +141,66 @@ void Describer::validate_layers() {
          *config_.save_similarity, fmt::join(config_.layers, ","));
 }
 
+std::vector<PassEntry> Describer::pass_entries(bool need_clip, const std::vector<std::string>& layers) const {
+  std::vector<PassEntry> entries;
+  if (need_clip) entries.push_back({"clip-image", keys_.image(), ""});
+  for (const std::string& layer : layers) entries.push_back({"target", keys_.layer(layer, config_.pool), layer});
+  return entries;
+}
+
+CachedMatrix Describer::pass_matrix(const PassEntry& entry, const PassState& state) const {
+  const auto n = static_cast<std::int64_t>(state.used.size());
+  if (entry.layer.empty())
+    return CachedMatrix{n, n ? static_cast<std::int64_t>(state.clip_rows.size()) / n : 0, state.clip_rows, state.used};
+  const LayerSummary& summary = state.recorder.summary(entry.layer);
+  return CachedMatrix{summary.rows(), summary.channels, summary.values, state.used};
+}
+
+// Continues a pass that an earlier run stopped, when every matrix this pass makes was saved at the same point.
+void Describer::resume_pass(const std::vector<PassEntry>& entries, PassState& state) const {
+  std::vector<PartialMatrix> partials;
+  for (const PassEntry& entry : entries) {
+    std::optional<PartialMatrix> partial = cache_.load_partial(entry.kind, entry.key);
+    if (!partial || partial->matrix.rows == 0 || partial->covered > static_cast<std::int64_t>(probe_.size()) ||
+        !rows_name_probe_images(partial->matrix, partial->covered) ||
+        (!partials.empty() && (partial->covered != partials.front().covered ||
+                               partial->matrix.ids != partials.front().matrix.ids)))
+      return;
+    partials.push_back(std::move(*partial));
+  }
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    CachedMatrix& matrix = partials[i].matrix;
+    if (entries[i].layer.empty()) state.clip_rows = std::move(matrix.values);
+    else state.recorder.seed(entries[i].layer, LayerSummary{matrix.cols, std::move(matrix.values)});
+  }
+  state.covered = partials.front().covered;
+  state.used = std::move(partials.front().matrix.ids);
+  spdlog::info("continuing the stopped image pass from probe image {} of {}", state.covered, probe_.size());
+}
+
+void Describer::save_partial_pass(const std::vector<PassEntry>& entries, const PassState& state) const {
+  if (state.used.empty()) return;
+  for (const PassEntry& entry : entries)
+    cache_.store_partial(entry.kind, entry.key, PartialMatrix{pass_matrix(entry, state), state.covered});
+}
+
+std::string Describer::saved_so_far(const std::string& what) const {
+  if (!cache_.enabled()) return "nothing was saved (no cache)";
+  return fmt::format("{} saved in {}: the same command continues from there", what, cache_.folder()->string());
+}
+
 ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& layers, DescribeResult& result) {
-  ImagePass pass;
   std::vector<Preprocess> preprocesses;
   if (need_clip) preprocesses.push_back(clip().preprocess());
   if (!layers.empty()) preprocesses.push_back(target().preprocess());
-  Recorder recorder(target_backend(), config_.pool, layers);
-  std::vector<float> clip_rows;
-  std::vector<std::int64_t> used;
+  const std::vector<PassEntry> entries = pass_entries(need_clip, layers);
+  PassState state{0, {}, {}, Recorder(target_backend(), config_.pool, layers)};
+  resume_pass(entries, state);
+  result.stats.continued_from = state.covered;
   const std::size_t total = probe_.size();
   ProgressBar progress(need_clip && !layers.empty() ? "CLIP + target forward" : need_clip ? "CLIP images" : "target forward",
                        total, ProgressUnit::items, config_.quiet);
+  progress.update(state.covered);
   const auto decode = [&](std::size_t first) {
     return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses);
   };
@@ -130,8 +208,14 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   // passes would compete for the same cores.
   const bool prefetch = config_.device.cuda;
   std::future<PreprocessedBatch> next;
-  if (prefetch && total > 0) next = std::async(std::launch::async, decode, 0);
-  for (std::size_t first = 0; first < total; first += config_.batch_size) {
+  if (prefetch && static_cast<std::size_t>(state.covered) < total)
+    next = std::async(std::launch::async, decode, static_cast<std::size_t>(state.covered));
+  for (std::size_t first = state.covered; first < total; first += config_.batch_size) {
+    if (stop_requested()) {
+      save_partial_pass(entries, state);
+      stop_here_if_requested(state.used.empty() ? "nothing was computed yet"
+                                                : saved_so_far(fmt::format("the image pass over {} of {} probe images is", first, total)));
+    }
     const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
     auto stage = Clock::now();
     PreprocessedBatch batch = prefetch ? next.get() : decode(first);
@@ -142,38 +226,32 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
       spdlog::warn("skipping image: {}", reason);
       result.skipped_images.emplace_back(static_cast<std::int64_t>(index), reason);
     }
-    if (batch.images.empty()) {
-      progress.update(first + count);
-      continue;
-    }
-    used.insert(used.end(), batch.images.begin(), batch.images.end());
     const std::int64_t n = static_cast<std::int64_t>(batch.images.size());
     std::size_t which = 0;
-    if (need_clip) {
+    if (need_clip && n > 0) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
       const std::vector<float> rows =
           clip().encode_image(clip_backend_->upload(batch.pixels[which++], {n, 3, size, size}));
-      clip_rows.insert(clip_rows.end(), rows.begin(), rows.end());
+      state.clip_rows.insert(state.clip_rows.end(), rows.begin(), rows.end());
       result.stats.clip_image_seconds += seconds_since(stage);
     }
-    if (!layers.empty()) {
+    if (!layers.empty() && n > 0) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
-      target().forward(target_backend().upload(batch.pixels[which], {n, 3, size, size}), &recorder);
+      target().forward(target_backend().upload(batch.pixels[which], {n, 3, size, size}), &state.recorder);
       result.stats.target_seconds += seconds_since(stage);
     }
+    state.used.insert(state.used.end(), batch.images.begin(), batch.images.end());
+    state.covered = static_cast<std::int64_t>(first + count);
     progress.update(first + count);
   }
   progress.finish();
-  if (used.empty()) fail("describe: none of the {} probe images could be read", total);
-  if (need_clip) {
-    const auto n = static_cast<std::int64_t>(used.size());
-    pass.clip_images = CachedMatrix{n, static_cast<std::int64_t>(clip_rows.size()) / n, std::move(clip_rows), used};
-  }
-  for (const std::string& layer : layers) {
-    const LayerSummary& summary = recorder.summary(layer);
-    pass.layers[layer] = CachedMatrix{summary.rows(), summary.channels, summary.values, used};
+  if (state.used.empty()) fail("describe: none of the {} probe images could be read", total);
+  ImagePass pass;
+  for (const PassEntry& entry : entries) {
+    if (entry.layer.empty()) pass.clip_images = pass_matrix(entry, state);
+    else pass.layers[entry.layer] = pass_matrix(entry, state);
   }
   return pass;
 }
@@ -186,6 +264,7 @@ CachedMatrix Describer::text_embeddings(const std::vector<std::string>& concepts
   std::vector<float> values;
   constexpr std::size_t kChunk = 2048;  // concepts per progress step (sorted by length within it)
   for (std::size_t first = 0; first < tokens.size(); first += kChunk) {
+    stop_here_if_requested(saved_so_far("the image embeddings and activations are"));
     const std::vector<std::vector<std::int32_t>> chunk(tokens.begin() + first,
                                                        tokens.begin() + std::min(tokens.size(), first + kChunk));
     const std::vector<float> rows = clip().encode_text(chunk);
@@ -271,27 +350,31 @@ DescribeResult Describer::run() {
   keys_.probe = sha256_hex(probe_.fingerprint());
   keys_.concepts = sha256_hex(fmt::format("{}", fmt::join(result.concepts, "\n")));
   result.inputs = {keys_.clip, keys_.target, keys_.concepts, keys_.probe};
-  const std::string config_key = config_.target_config ? sha256_file(*config_.target_config) : "none";
+  keys_.target_config = config_.target_config ? sha256_file(*config_.target_config) : "none";
 
-  std::optional<CachedMatrix> images = cache_.load("clip-image", keys_.image());
+  const auto load_probe_rows = [&](const std::string& kind, const std::string& key) {
+    std::optional<CachedMatrix> cached = cache_.load(kind, key);
+    if (cached && !rows_name_probe_images(*cached, static_cast<std::int64_t>(probe_.size()))) cached.reset();
+    return cached;
+  };
+  std::optional<CachedMatrix> images = load_probe_rows("clip-image", keys_.image());
   std::map<std::string, CachedMatrix> layers;
   std::vector<std::string> missing;
   for (const std::string& layer : config_.layers) {
-    if (auto cached = cache_.load("target", keys_.layer(layer, config_.pool, config_key))) layers[layer] = *cached;
+    if (auto cached = load_probe_rows("target", keys_.layer(layer, config_.pool))) layers[layer] = *cached;
     else missing.push_back(layer);
   }
   result.stats.image_cache_hit = images.has_value();
   result.stats.layer_cache_hits = static_cast<int>(layers.size());
   if (!images || !missing.empty()) {
     ImagePass pass = image_pass(!images, missing, result);
-    if (pass.clip_images) {
-      images = std::move(pass.clip_images);
-      cache_.store("clip-image", keys_.image(), *images);
+    for (const PassEntry& entry : pass_entries(!images, missing)) {
+      CachedMatrix& matrix = entry.layer.empty() ? *pass.clip_images : pass.layers.at(entry.layer);
+      cache_.store(entry.kind, entry.key, matrix);
+      cache_.remove_partial(entry.kind, entry.key);
     }
-    for (auto& [layer, matrix] : pass.layers) {
-      cache_.store("target", keys_.layer(layer, config_.pool, config_key), matrix);
-      layers[layer] = std::move(matrix);
-    }
+    if (pass.clip_images) images = std::move(pass.clip_images);
+    for (auto& [layer, matrix] : pass.layers) layers[layer] = std::move(matrix);
   }
   result.used_images = images->ids;
   for (const auto& [layer, matrix] : layers)
@@ -299,15 +382,16 @@ DescribeResult Describer::run() {
       fail("describe: the probe images readable for layer '{}' differ from those of the CLIP embeddings; the probe "
            "set changed during the run, run again",
            layer);
-  // Images skipped in an earlier run whose results were cached: report them again.
-  if (result.skipped_images.empty() && images->rows < static_cast<std::int64_t>(probe_.size())) {
-    std::vector<bool> used(probe_.size(), false);
-    for (std::int64_t id : images->ids) used[id] = true;
-    for (std::size_t i = 0; i < probe_.size(); ++i)
-      if (!used[i]) result.skipped_images.emplace_back(static_cast<std::int64_t>(i), "unreadable in the cached run");
-  }
+  // Images skipped by the earlier run whose results were cached or continued: report them again.
+  std::vector<bool> accounted(probe_.size(), false);
+  for (std::int64_t id : images->ids) accounted[id] = true;
+  for (const auto& [id, reason] : result.skipped_images) accounted[id] = true;
+  for (std::size_t i = 0; i < probe_.size(); ++i)
+    if (!accounted[i]) result.skipped_images.emplace_back(static_cast<std::int64_t>(i), "unreadable in the cached run");
+  std::sort(result.skipped_images.begin(), result.skipped_images.end());
 
   std::optional<CachedMatrix> texts = cache_.load("clip-text", keys_.text());
+  if (texts && texts->rows != static_cast<std::int64_t>(result.concepts.size())) texts.reset();
   result.stats.text_cache_hit = texts.has_value();
   if (!texts) {
     const auto stage = Clock::now();
@@ -316,10 +400,15 @@ DescribeResult Describer::run() {
     cache_.store("clip-text", keys_.text(), *texts);
   }
 
+  if (texts->cols != images->cols)
+    fail("describe: the CLIP image embeddings are {} wide but the text embeddings {}; a cache entry in {} is damaged: "
+         "remove the folder or run with --no-cache",
+         images->cols, texts->cols, cache_.folder() ? cache_.folder()->string() : "(none)");
   ProgressBar progress(std::string("similarity (") + std::string(similarity_function_name(config_.similarity)) + ")",
                        config_.layers.size(), ProgressUnit::items, config_.quiet);
   const auto similarity_start = Clock::now();
   for (const std::string& layer : config_.layers) {
+    stop_here_if_requested(saved_so_far("the image and text embeddings and the activations are"));
     const bool keep = config_.save_similarity == layer;
     result.layers.push_back(
         describe_layer(layer, layers.at(layer), *images, *texts, keep ? &result.saved_similarity : nullptr));

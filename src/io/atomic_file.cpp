@@ -68,4 +68,15 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
   write_file_atomically(path, std::span(&bytes, 1), sync);
 }
 
+void check_writable_folder(const std::filesystem::path& folder, std::string_view role) {
+  std::error_code error;
+  std::filesystem::create_directories(folder, error);
+  if (error) fail("{} {}: cannot create the folder: {}", role, folder.string(), error.message());
+  std::string probe = (folder / ".clipdissect-write-check-XXXXXX").string();
+  const int fd = ::mkstemp(probe.data());
+  if (fd < 0) fail("{} {}: cannot write in the folder: {}", role, folder.string(), std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
 }  // namespace clipdissect

@@ -16,4 +16,7 @@ void write_file_atomically(const std::filesystem::path& path, std::span<const st
                            bool sync = true);
 void write_file_atomically(const std::filesystem::path& path, std::string_view content, bool sync = true);
 
+// Creates `folder` if needed and checks that files can be created in it; `role` names it in the error.
+void check_writable_folder(const std::filesystem::path& folder, std::string_view role);
+
 }  // namespace clipdissect

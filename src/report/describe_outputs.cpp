@@ -1,6 +1,11 @@
 // describe's files: descriptions.csv (the reference's columns and number format), descriptions.json
 // (top concepts and top images per neuron), run.json (settings, version, checksums, skipped images) and
 // the HTML report made from them.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -112,7 +117,8 @@ nlohmann::json run_json(const DescribeConfig& config, const DescribeResult& resu
       {"cache",
        {{"clip_images", result.stats.image_cache_hit},
         {"clip_texts", result.stats.text_cache_hit},
-        {"target_layers", result.stats.layer_cache_hits}}},
+        {"target_layers", result.stats.layer_cache_hits},
+        {"continued_from_image", result.stats.continued_from}}},
       {"seconds",
        {{"decode_and_preprocess", result.stats.decode_seconds},
         {"clip_image", result.stats.clip_image_seconds},
@@ -144,7 +150,10 @@ std::filesystem::path similarity_matrix_path(const std::filesystem::path& out_di
 
 void write_describe_outputs(const DescribeConfig& config, const DescribeResult& result,
                             const std::filesystem::path& out_dir) {
-  std::filesystem::create_directories(out_dir);
+  check_writable_folder(out_dir, "output folder");
+  // An earlier run's run.json would vouch for the files replaced below until the new one is written.
+  if (::unlink((out_dir / "run.json").c_str()) != 0 && errno != ENOENT)
+    fail("{}: cannot remove the earlier run's file: {}", (out_dir / "run.json").string(), std::strerror(errno));
   write_file_atomically(out_dir / "descriptions.csv", descriptions_csv(result));
   write_file_atomically(out_dir / "descriptions.json", descriptions_json(config, result).dump(1) + "\n");
   if (config.save_similarity && !result.saved_similarity.empty()) write_similarity_matrix(config, result, out_dir);
