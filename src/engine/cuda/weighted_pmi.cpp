@@ -44,8 +44,8 @@ std::vector<float> weighted_pmi(const WeightedPmiProblem& p, int device) {
 
   // Each top image's log-sum-exp of its scaled scores over all concepts (the softmax's denominator),
   // from fp32 GEMMs over blocks of image rows.
-  const std::int64_t block_rows = std::clamp<std::int64_t>(
-      static_cast<std::int64_t>(kScoreBlockBytes / (sizeof(float) * p.concepts)), 1, p.rows);
+  const std::int64_t block_rows = std::max<std::int64_t>(
+      1, std::min(static_cast<std::int64_t>(kScoreBlockBytes / (sizeof(float) * p.concepts)), p.rows));
   const auto scores = allocator->allocate(sizeof(float) * block_rows * p.concepts, stream);
   const auto lse = allocator->allocate(sizeof(float) * p.rows, stream);
   const float one = 1.f, zero = 0.f;
