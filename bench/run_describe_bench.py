@@ -5,6 +5,8 @@ layers conv1 and layer1..layer4, SoftWPMI. Prints medians per stage, peak memory
 
   bench/run_describe_bench.py [--images 200] [--concepts 2000] [--threads 2] [--repeats 3]
   bench/run_describe_bench.py --images 2000 --concepts 20000      # the large setting
+  bench/run_describe_bench.py --images 10000 --concepts 20000 --device cuda --threads 16 --repeats 1
+      # on a GPU: clipdissect --device cuda (fp16 CLIP, fp32 target, batches of 256) next to PyTorch on cuda
 Needs the build (scripts/setup.sh), the fixtures (for 20k.txt and the BPE file) and python3-torch.
 """
 import argparse
@@ -25,7 +27,10 @@ def measure_in_child(command, env):
     probe = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
              "sys.stderr.write(r.stderr); r.check_returncode();"
              "print(json.dumps({'out': r.stdout, 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    out = subprocess.run([sys.executable, "-c", probe] + command, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", probe] + command, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)  # the command's own error, which the failure alone would hide
+        out.check_returncode()
     result = json.loads(out.stdout)
     return result["out"], result["rss"] / 1024.0
 
@@ -36,6 +41,7 @@ def main():
     parser.add_argument("--concepts", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--build", default=os.environ.get("BUILD_DIR", os.path.join(ROOT, "build")))
     parser.add_argument("--work", default=os.environ.get("BENCH_DIR", "/tmp/clipdissect-bench"))
     args = parser.parse_args()
@@ -69,14 +75,16 @@ def main():
                                    os.path.join(work, "resnet50.pth"), "--probe", os.path.join(work, "probe"),
                                    "--concepts", os.path.join(work, "concepts.txt"), "--layers",
                                    "conv1,layer1,layer2,layer3,layer4", "--bpe", bpe, "--threads", str(args.threads),
-                                   "--no-cache", "--quiet", "--top-images", "0", "--out", out_dir], env)
+                                   "--no-cache", "--quiet", "--top-images", "0", "--out", out_dir,
+                                   "--device", args.device, "--batch-size", "256" if args.device == "cuda" else "32"],
+                                  env)
         with open(os.path.join(out_dir, "run.json")) as f:
             seconds = json.load(f)["seconds"]
         for s in STAGES:
             ours[s].append(seconds[s])
         ours_rss.append(rss)
         out, rss = measure_in_child([py, os.path.join(HERE, "torch_describe_baseline.py"), "run", work, "--threads",
-                                     str(args.threads), "--tokens", tokens], env)
+                                     str(args.threads), "--tokens", tokens, "--device", args.device], env)
         timings = json.loads(out)
         for s in STAGES:
             theirs[s].append(timings[s])
@@ -84,6 +92,10 @@ def main():
 
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "unknown")
+    if args.device == "cuda":
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True).stdout.strip()
+        model = f"{gpu} with {model}"
     print(f"machine: {model}, {os.cpu_count()} cores; {args.threads} threads; {args.images} images (500x375 JPEG), "
           f"{args.concepts} concepts, layers conv1,layer1..layer4, SoftWPMI; medians of {args.repeats} runs")
     print("| stage | clipdissect s | PyTorch baseline s | speed-up |")

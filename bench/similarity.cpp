@@ -1,6 +1,6 @@
 // SoftWPMI (and the other similarity functions) on synthetic inputs at the paper's scale:
 //   clipdissect_bench_similarity [--images 50000] [--concepts 20000] [--neurons 2048] [--dim 512]
-//                                [--function soft_wpmi] [--threads 2] [benchmark flags]
+//                                [--function soft_wpmi] [--threads 2] [--device cpu|cuda[:N]] [benchmark flags]
 // Reports seconds per run and the process's peak resident memory.
 #include <sys/resource.h>
 
@@ -35,7 +35,7 @@ double peak_rss_gib() {
 int main(int argc, char** argv) {
   std::int64_t images = 50000, concepts = 20000, neurons = 2048, dim = 512;
   int threads = 2;
-  std::string function = "soft_wpmi";
+  std::string function = "soft_wpmi", device = "cpu";
   std::vector<char*> rest{argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
     else if (has_value && arg == "--dim") dim = std::stoll(argv[++i]);
     else if (has_value && arg == "--threads") threads = std::stoi(argv[++i]);
     else if (has_value && arg == "--function") function = argv[++i];
+    else if (has_value && arg == "--device") device = argv[++i];
     else rest.push_back(argv[i]);
   }
   omp_set_num_threads(threads);
@@ -56,10 +57,12 @@ int main(int argc, char** argv) {
   const std::vector<float> activations = normal_values(images * neurons, 3, true);
   const SimilarityInputs inputs{image_embeddings, text_embeddings, activations, images, dim, concepts, neurons};
 
-  const std::string name = function + "/N" + std::to_string(images) + "/K" + std::to_string(concepts) + "/C" +
+  const Device on = parse_device(device);
+  if (on.cuda) compute_similarity(*fn, inputs, {}, on);  // untimed: the first call starts the CUDA context
+  const std::string name = function + "/" + device_name(on) + "/N" + std::to_string(images) + "/K" + std::to_string(concepts) + "/C" +
                            std::to_string(neurons);
   benchmark::RegisterBenchmark(name.c_str(), [&](benchmark::State& state) {
-    for (auto _ : state) benchmark::DoNotOptimize(compute_similarity(*fn, inputs));
+    for (auto _ : state) benchmark::DoNotOptimize(compute_similarity(*fn, inputs, {}, on));
     state.counters["peak_rss_GiB"] = peak_rss_gib();
   })->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   int rest_argc = static_cast<int>(rest.size());

@@ -4,13 +4,18 @@
 
   torch_describe_baseline.py make-inputs DIR --images N --concepts K --concept-list 20k.txt
       synthetic 500x375 JPEGs in DIR/probe/<class>/, the first K concepts in DIR/concepts.txt
-  torch_describe_baseline.py run DIR --threads 2 --tokens DIR/tokens.txt
+  torch_describe_baseline.py run DIR --threads 2 --tokens DIR/tokens.txt [--device cuda]
       decode+preprocess, CLIP ViT-B/16 image and text towers (all 77 positions), torchvision resnet50 with
-      forward hooks on conv1, layer1..layer4 (spatial mean), materialised N x K SoftWPMI; prints JSON seconds
+      forward hooks on conv1, layer1..layer4 (spatial mean), materialised N x K SoftWPMI; prints JSON seconds.
+      On cuda: CLIP in fp16 and the target in fp32 (as clipdissect's defaults there), batches of 256, images
+      decoded by a DataLoader with --threads workers.
+  torch_describe_baseline.py similarity --images N --concepts K --neurons C [--device cuda]
+      SoftWPMI alone on random inputs; prints JSON seconds
 """
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -23,17 +28,23 @@ from PIL import Image
 LAYERS = ["conv1", "layer1", "layer2", "layer3", "layer4"]
 
 
+def make_image(job):
+    directory, i, colour = job
+    torch.set_num_threads(1)
+    folder = os.path.join(directory, "probe", f"class_{i % 10}")
+    os.makedirs(folder, exist_ok=True)
+    # Smooth gradients with a few shapes: JPEG sizes like photos', deterministic.
+    base = torch.linspace(0, 1, 500).view(1, 1, 500) * torch.linspace(0, 1, 375).view(1, 375, 1)
+    noise = torch.rand(3, 375, 500, generator=torch.Generator().manual_seed(i)) * 0.2
+    pixels = ((base * torch.tensor(colour).view(3, 1, 1) + noise).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=90)
+
+
 def make_inputs(args):
     rng = random.Random(0)
-    for i in range(args.images):
-        folder = os.path.join(args.dir, "probe", f"class_{i % 10}")
-        os.makedirs(folder, exist_ok=True)
-        # Smooth gradients with a few shapes: JPEG sizes like photos', deterministic.
-        base = torch.linspace(0, 1, 500).view(1, 1, 500) * torch.linspace(0, 1, 375).view(1, 375, 1)
-        colour = torch.tensor([rng.random(), rng.random(), rng.random()]).view(3, 1, 1)
-        noise = torch.rand(3, 375, 500, generator=torch.Generator().manual_seed(i)) * 0.2
-        pixels = ((base * colour + noise).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=90)
+    jobs = [(args.dir, i, [rng.random(), rng.random(), rng.random()]) for i in range(args.images)]
+    with multiprocessing.Pool() as pool:
+        pool.map(make_image, jobs, chunksize=64)
     with open(args.concept_list) as f:
         words = [w for w in f.read().split("\n") if w][: args.concepts]
     with open(os.path.join(args.dir, "concepts.txt"), "w") as f:
@@ -106,7 +117,7 @@ def soft_wpmi(clip_feats, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7, p
     """similarity.soft_wpmi's computation: softmax over concepts of the full N x K matrix."""
     clip_feats = torch.nn.functional.softmax(a * clip_feats, dim=1)
     inds = torch.topk(target_feats, dim=0, k=top_k)[1]
-    p_in = p_start - (torch.arange(0, top_k) / top_k * (p_start - p_end)).unsqueeze(1)
+    p_in = p_start - (torch.arange(0, top_k, device=clip_feats.device) / top_k * (p_start - p_end)).unsqueeze(1)
     rows = []
     for n in range(target_feats.shape[1]):
         feats = clip_feats.gather(0, inds[:, n : n + 1].expand(-1, clip_feats.shape[1]))
@@ -116,31 +127,62 @@ def soft_wpmi(clip_feats, target_feats, top_k=100, a=10, lam=1, min_prob=1e-7, p
     return prob - lam * prior
 
 
+class ProbeImages(torch.utils.data.Dataset):
+    """Each image decoded once per model, as the reference does."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        self.clip_transform = torchvision.transforms.Compose([
+            torchvision.transforms.Resize(224, interpolation=torchvision.transforms.InterpolationMode.BICUBIC),
+            torchvision.transforms.CenterCrop(224), torchvision.transforms.ToTensor(),
+            torchvision.transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                                             (0.26862954, 0.26130258, 0.27577711))])
+        self.target_transform = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return (self.clip_transform(Image.open(self.paths[i]).convert("RGB")),
+                self.target_transform(Image.open(self.paths[i]).convert("RGB")))
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def run(args):
     torch.set_num_threads(args.threads)
+    device, batch = args.device, 256 if args.device == "cuda" else 32
     timings = {}
     paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(args.dir, "probe")) for f in fs)
-    clip_transform = torchvision.transforms.Compose([
-        torchvision.transforms.Resize(224, interpolation=torchvision.transforms.InterpolationMode.BICUBIC),
-        torchvision.transforms.CenterCrop(224), torchvision.transforms.ToTensor(),
-        torchvision.transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
-    target_transform = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()
-
-    start = time.perf_counter()
-    clip_images, target_images = [], []
-    for p in paths:  # the reference decodes each image once per model
-        clip_images.append(clip_transform(Image.open(p).convert("RGB")))
-        target_images.append(target_transform(Image.open(p).convert("RGB")))
-    timings["decode_and_preprocess"] = time.perf_counter() - start
-
     clip = Clip().eval()
     clip.load_state_dict({k: v.float() for k, v in torch.load(os.path.join(args.dir, "clip_vit_b16.pt")).items()})
     resnet = torchvision.models.resnet50().eval()
     resnet.load_state_dict(torch.load(os.path.join(args.dir, "resnet50.pth")))
+    if device == "cuda":
+        clip = clip.half()
+    clip, resnet = clip.to(device), resnet.to(device)
+    clip_dtype = torch.float16 if device == "cuda" else torch.float32
+
+    start = time.perf_counter()
+    if device == "cuda":
+        loader = torch.utils.data.DataLoader(ProbeImages(paths), batch_size=batch, num_workers=args.threads,
+                                             pin_memory=True)
+        batches = list(loader)
+    else:
+        dataset = ProbeImages(paths)
+        items = [dataset[i] for i in range(len(paths))]
+        batches = [[torch.stack([c for c, _ in items[i : i + batch]]), torch.stack([t for _, t in items[i : i + batch]])]
+                   for i in range(0, len(items), batch)]
+    timings["decode_and_preprocess"] = time.perf_counter() - start
+
     with torch.no_grad():
         start = time.perf_counter()
-        image_features = torch.cat([clip.encode_image(torch.stack(clip_images[i : i + 32]))
-                                    for i in range(0, len(paths), 32)])
+        image_features = torch.cat([clip.encode_image(c.to(device, non_blocking=True).to(clip_dtype)).float()
+                                    for c, _ in batches])
+        synchronize(device)
         timings["clip_image"] = time.perf_counter() - start
 
         with open(args.tokens) as f:
@@ -148,16 +190,19 @@ def run(args):
         tokens = torch.zeros(len(token_rows), 77, dtype=torch.long)
         for i, row in enumerate(token_rows):
             tokens[i, : len(row)] = torch.tensor(row)
+        tokens = tokens.to(device)
         start = time.perf_counter()
-        text_features = torch.cat([clip.encode_text(tokens[i : i + 256]) for i in range(0, len(tokens), 256)])
+        text_features = torch.cat([clip.encode_text(tokens[i : i + 256]).float() for i in range(0, len(tokens), 256)])
+        synchronize(device)
         timings["clip_text"] = time.perf_counter() - start
 
         summaries = {layer: [] for layer in LAYERS}
         hooks = [getattr(resnet, layer).register_forward_hook(
             lambda m, i, o, layer=layer: summaries[layer].append(o.mean(dim=[2, 3]))) for layer in LAYERS]
         start = time.perf_counter()
-        for i in range(0, len(paths), 32):
-            resnet(torch.stack(target_images[i : i + 32]))
+        for _, t in batches:
+            resnet(t.to(device, non_blocking=True))
+        synchronize(device)
         timings["target_forward"] = time.perf_counter() - start
         for h in hooks:
             h.remove()
@@ -168,9 +213,28 @@ def run(args):
         clip_feats = image_features @ text_features.T
         for layer in LAYERS:
             soft_wpmi(clip_feats, torch.cat(summaries[layer])).max(dim=1)
+        synchronize(device)
         timings["similarity"] = time.perf_counter() - start
     timings["total"] = sum(timings.values())
     json.dump(timings, sys.stdout)
+    print()
+
+
+def similarity(args):
+    """SoftWPMI on random inputs of the given size, as bench/similarity.cpp makes them."""
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.images, 512, generator=g).to(args.device)
+    texts = torch.randn(args.concepts, 512, generator=g).to(args.device)
+    activations = torch.randn(args.images, args.neurons, generator=g).clamp(min=0).to(args.device)
+    synchronize(args.device)
+    with torch.no_grad():
+        start = time.perf_counter()
+        images = images / images.norm(dim=-1, keepdim=True)
+        texts = texts / texts.norm(dim=-1, keepdim=True)
+        soft_wpmi(images @ texts.T, activations)
+        synchronize(args.device)
+    json.dump({"similarity": time.perf_counter() - start}, sys.stdout)
     print()
 
 
@@ -186,8 +250,15 @@ def main():
     go.add_argument("dir")
     go.add_argument("--threads", type=int, default=2)
     go.add_argument("--tokens", required=True)
+    go.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sim = sub.add_parser("similarity")
+    sim.add_argument("--images", type=int, default=50000)
+    sim.add_argument("--concepts", type=int, default=20000)
+    sim.add_argument("--neurons", type=int, default=2048)
+    sim.add_argument("--threads", type=int, default=2)
+    sim.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    make_inputs(args) if args.command == "make-inputs" else run(args)
+    {"make-inputs": make_inputs, "run": run, "similarity": similarity}[args.command](args)
 
 
 if __name__ == "__main__":

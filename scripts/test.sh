@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the Release build's tests, then the unit tests again under ASan+UBSan
 # (skip the sanitizer pass with SANITIZE=0), then every fuzz target for FUZZ_SECONDS (default 10) each
-# (skip with FUZZ=0; scripts/fuzz.sh 600 for long runs). Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
+# (skip with FUZZ=0; scripts/fuzz.sh 600 for long runs), then, where nvcc is, the CUDA build (skip with CUDA=0).
+# Fixtures: $CLIPDISSECT_FIXTURES or ../shared/fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,12 @@ fi
 
 if [ "${FUZZ:-1}" != 0 ]; then
   scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+fi
+
+# The CUDA backend compiles wherever the toolkit is, so it never rots; its GPU tests skip, saying so, on a
+# machine without a GPU (bench/cuda_device_check.sh runs them on one).
+if [ "${CUDA:-1}" != 0 ] && command -v nvcc >/dev/null; then
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCLIPDISSECT_CUDA=ON -DCLIPDISSECT_BUILD_BENCH=OFF
+  cmake --build build-cuda -j"$(nproc)"
+  ctest --test-dir build-cuda --output-on-failure -j"$(nproc)" -R 'Cuda|Device'
 fi

@@ -12,13 +12,7 @@
 namespace clipdissect {
 namespace {
 
-std::vector<float> random_values(std::size_t n, unsigned seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_values;
 
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol = 1e-5) {
   EXPECT_LE(testing::max_relative_error(got, want), tol);

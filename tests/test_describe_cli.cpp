@@ -20,6 +20,10 @@ TEST_F(DescribeCli, ChangedImageOrModelInvalidatesTheCache) {
 
   ASSERT_EQ(run(args(images, target, dir_.path() / "a")).status, 0);
   EXPECT_FALSE(run_json(dir_.path() / "a")["cache"]["clip_images"].get<bool>());
+  // The run records where it ran: the CPU, in fp32, by default.
+  EXPECT_EQ(run_json(dir_.path() / "a")["settings"]["device"], "cpu");
+  EXPECT_EQ(run_json(dir_.path() / "a")["settings"]["clip_precision"], "fp32");
+  EXPECT_EQ(run_json(dir_.path() / "a")["settings"]["target_precision"], "fp32");
   const std::string first_csv = testing::read_file(dir_.path() / "a" / "descriptions.csv");
 
   // Unchanged inputs: everything from the cache, same results.

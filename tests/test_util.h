@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,6 +17,15 @@ inline std::vector<float> fixture_tensor(const WeightMap& map, const std::string
   const HostTensor& t = map.at(name);
   if (shape) *shape = t.shape;
   return to_f32(t);
+}
+
+// n values drawn uniformly from [lo, hi), reproducibly from `seed`.
+inline std::vector<float> random_values(std::size_t n, unsigned seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
 }
 
 // max |a - b| / max |b|: the error relative to the tensor's scale (an element-wise ratio is meaningless

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "clipdissect/backend.h"
+#include "clipdissect/device.h"
 #include "clipdissect/similarity.h"
 
 namespace clipdissect {
@@ -24,6 +25,10 @@ struct DescribeConfig {
   PoolMode pool = PoolMode::Avg;
   int batch_size = 32;
   int threads = 1;
+  // With a CUDA device, the models run there (CLIP and the target each in its precision) and so do SoftWPMI
+  // and WPMI; images are decoded on the CPU one batch ahead of the GPU.
+  Device device;
+  Precision clip_precision = Precision::F32, target_precision = Precision::F32;
   std::optional<std::filesystem::path> cache_dir;  // default: <cache folder>/activations
   bool use_cache = true;
   int top_concepts = 5;

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "clipdissect/device.h"
+
 namespace clipdissect {
 
 enum class SimilarityFunction { SoftWpmi, Wpmi, RankReorder, Cos, CosCubed };
@@ -51,5 +53,10 @@ int required_top_images(SimilarityFunction function, std::int64_t images, const 
 // [C, K] similarity of every neuron to every concept.
 std::vector<float> compute_similarity(SimilarityFunction function, const SimilarityInputs& inputs,
                                       const SimilarityParams& params = {});
+// The same on `device`: with a CUDA device, SoftWPMI and WPMI run on that GPU (equal to the CPU's within
+// float rounding: the image-concept products are summed in another order); the other functions run on the
+// CPU. Throws Error on a build without CUDA.
+std::vector<float> compute_similarity(SimilarityFunction function, const SimilarityInputs& inputs,
+                                      const SimilarityParams& params, const Device& device);
 
 }  // namespace clipdissect

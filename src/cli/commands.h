@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "clipdissect/device.h"
 #include "clipdissect/evaluate.h"
 
 namespace clipdissect::cli {
@@ -17,7 +18,16 @@ namespace clipdissect::cli {
 struct ComputeOptions {
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int batch_size = 32;
+  std::string device = "cpu";
+  std::string precision;  // empty: the default for the model and device
+
+  enum class Model { Clip, Target };
+  Device parsed_device() const { return parse_device(device); }
+  // --precision, else fp16 for CLIP on a GPU (what the reference runs) and fp32 for everything else.
+  Precision precision_for(Model model) const;
+  std::unique_ptr<Backend> make_backend(Model model) const;
 };
+// --threads, --batch-size, --device, --precision.
 void add_compute_options(CLI::App& command, ComputeOptions& options);
 
 // "conv1,layer2[0].conv1" -> {"conv1", "layer2.0.conv1"}

@@ -107,6 +107,9 @@ void run_describe(const DescribeOptions& o) {
   config.pool = o.pool == "max" ? PoolMode::Max : PoolMode::Avg;
   config.batch_size = o.compute.batch_size;
   config.threads = o.compute.threads;
+  config.device = o.compute.parsed_device();
+  config.clip_precision = o.compute.precision_for(ComputeOptions::Model::Clip);
+  config.target_precision = o.compute.precision_for(ComputeOptions::Model::Target);
   config.cache_dir = o.cache_dir;
   config.use_cache = !o.no_cache;
   config.top_concepts = o.top_concepts;

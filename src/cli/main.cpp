@@ -12,6 +12,20 @@ namespace clipdissect::cli {
 void add_compute_options(CLI::App& command, ComputeOptions& options) {
   command.add_option("--threads", options.threads, "CPU threads (default: every core)")->check(CLI::PositiveNumber);
   command.add_option("--batch-size", options.batch_size, "Images per forward pass")->check(CLI::PositiveNumber);
+  command.add_option("--device", options.device, "cpu, cuda or cuda:N (needs a build with -DCLIPDISSECT_CUDA=ON)")
+      ->capture_default_str();
+  command.add_option("--precision", options.precision,
+                     "fp32, fp16 or bf16 on a GPU (default: fp16 for CLIP, fp32 for the target; the CPU runs fp32)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+}
+
+Precision ComputeOptions::precision_for(Model model) const {
+  if (!precision.empty()) return *parse_precision(precision);  // CLI11 checked the spelling
+  return parsed_device().cuda && model == Model::Clip ? Precision::F16 : Precision::F32;
+}
+
+std::unique_ptr<Backend> ComputeOptions::make_backend(Model model) const {
+  return clipdissect::make_backend(parsed_device(), precision_for(model), threads);
 }
 
 std::vector<std::string> split_layers(const std::string& list) {

@@ -79,7 +79,7 @@ struct EmbedOptions {
 
 void run_embed(const EmbedOptions& o) {
   if (!o.images && !o.texts) fail("embed: give --images DIR_OR_LIST or --texts FILE");
-  auto backend = make_cpu_backend(o.compute.threads);
+  auto backend = o.compute.make_backend(ComputeOptions::Model::Clip);
   auto clip = ClipModel::load(*backend, o.clip);
   const int dim = clip->config().embed_dim;
   std::vector<float> embeddings;
@@ -111,7 +111,7 @@ struct ActivationsOptions {
 };
 
 void run_activations(const ActivationsOptions& o) {
-  auto backend = make_cpu_backend(o.compute.threads);
+  auto backend = o.compute.make_backend(ComputeOptions::Model::Target);
   auto network = load_target(*backend, o.target, o.target_config);
   const std::vector<std::string> layers = split_layers(o.layers);
   check_layer_names(*network, layers, o.target.string());

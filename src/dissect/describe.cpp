@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <future>
 #include <numeric>
 
 #include <fmt/ranges.h>
@@ -89,7 +90,10 @@ class Describer {
  public:
   explicit Describer(const DescribeConfig& config)
       : config_(config),
-        backend_(make_cpu_backend(config.threads)),
+        clip_backend_(make_backend(config.device, config.clip_precision, config.threads)),
+        target_backend_(config.target_precision == config.clip_precision
+                            ? nullptr
+                            : make_backend(config.device, config.target_precision, config.threads)),
         cache_(config.use_cache ? std::optional<fs::path>(config.cache_dir.value_or(default_cache_dir() / "activations"))
                                 : std::nullopt) {}
 
@@ -97,11 +101,13 @@ class Describer {
 
  private:
   ClipModel& clip() {
-    if (!clip_) clip_ = ClipModel::load(*backend_, config_.clip);
+    if (!clip_) clip_ = ClipModel::load(*clip_backend_, config_.clip);
     return *clip_;
   }
+  // The target's own backend when its precision differs from CLIP's, else the same one.
+  Backend& target_backend() { return target_backend_ ? *target_backend_ : *clip_backend_; }
   Network& target() {
-    if (!target_) target_ = load_target(*backend_, config_.target, config_.target_config);
+    if (!target_) target_ = load_target(target_backend(), config_.target, config_.target_config);
     return *target_;
   }
 
@@ -118,7 +124,7 @@ class Describer {
                                   std::vector<float>* keep_similarity) const;
 
   const DescribeConfig& config_;
-  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Backend> clip_backend_, target_backend_;
   ActivationCache cache_;
   std::unique_ptr<ClipModel> clip_;
   std::unique_ptr<Network> target_;
@@ -188,13 +194,22 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   if (need_clip) preprocesses.push_back(clip().preprocess());
   if (!layers.empty()) preprocesses.push_back(target().preprocess());
   const std::vector<PassEntry> entries = pass_entries(need_clip, layers);
-  PassState state{0, {}, {}, Recorder(*backend_, config_.pool, layers)};
+  PassState state{0, {}, {}, Recorder(target_backend(), config_.pool, layers)};
   resume_pass(entries, state);
   result.stats.continued_from = state.covered;
   const std::size_t total = probe_.size();
   ProgressBar progress(need_clip && !layers.empty() ? "CLIP + target forward" : need_clip ? "CLIP images" : "target forward",
                        total, ProgressUnit::items, config_.quiet);
   progress.update(state.covered);
+  const auto decode = [&](std::size_t first) {
+    return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses);
+  };
+  // A GPU gets the next batch decoded while it runs the current one; on the CPU decoding and the forward
+  // passes would compete for the same cores.
+  const bool prefetch = config_.device.cuda;
+  std::future<PreprocessedBatch> next;
+  if (prefetch && static_cast<std::size_t>(state.covered) < total)
+    next = std::async(std::launch::async, decode, static_cast<std::size_t>(state.covered));
   for (std::size_t first = state.covered; first < total; first += config_.batch_size) {
     if (stop_requested()) {
       save_partial_pass(entries, state);
@@ -203,8 +218,9 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
     }
     const std::size_t count = std::min<std::size_t>(config_.batch_size, total - first);
     auto stage = Clock::now();
-    PreprocessedBatch batch = preprocess_batch(probe_, first, count, preprocesses);
-    result.stats.decode_seconds += seconds_since(stage);
+    PreprocessedBatch batch = prefetch ? next.get() : decode(first);
+    if (prefetch && first + count < total) next = std::async(std::launch::async, decode, first + count);
+    result.stats.decode_seconds += seconds_since(stage);  // with prefetching, only the wait for decoding
     for (const auto& [index, reason] : batch.failures) {
       if (config_.strict) fail("{} (--strict)", reason);
       spdlog::warn("skipping image: {}", reason);
@@ -215,14 +231,15 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
     if (need_clip && n > 0) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
-      const std::vector<float> rows = clip().encode_image(backend_->upload(batch.pixels[which++], {n, 3, size, size}));
+      const std::vector<float> rows =
+          clip().encode_image(clip_backend_->upload(batch.pixels[which++], {n, 3, size, size}));
       state.clip_rows.insert(state.clip_rows.end(), rows.begin(), rows.end());
       result.stats.clip_image_seconds += seconds_since(stage);
     }
     if (!layers.empty() && n > 0) {
       stage = Clock::now();
       const int size = preprocesses[which].crop;
-      target().forward(backend_->upload(batch.pixels[which], {n, 3, size, size}), &state.recorder);
+      target().forward(target_backend().upload(batch.pixels[which], {n, 3, size, size}), &state.recorder);
       result.stats.target_seconds += seconds_since(stage);
     }
     state.used.insert(state.used.end(), batch.images.begin(), batch.images.end());
@@ -294,7 +311,8 @@ LayerDescription Describer::describe_layer(const std::string& name, const Cached
          similarity_function_name(config_.similarity), needed, activations.rows);
   const SimilarityInputs inputs{images.values, texts.values, activations.values, images.rows, images.cols,
                                 texts.rows,    activations.cols};
-  const std::vector<float> similarity = compute_similarity(config_.similarity, inputs, config_.similarity_params);
+  const std::vector<float> similarity =
+      compute_similarity(config_.similarity, inputs, config_.similarity_params, config_.device);
   LayerDescription layer{name, {}};
   for (std::int64_t unit = 0; unit < activations.cols; ++unit) {
     const float* row = similarity.data() + unit * texts.rows;

@@ -9,6 +9,9 @@
 
 #include "clipdissect/error.h"
 #include "engine/vector_math.h"
+#ifdef CLIPDISSECT_WITH_CUDA
+#include "engine/cuda/weighted_pmi.h"
+#endif
 
 namespace clipdissect {
 
@@ -53,6 +56,8 @@ class ClipScores {
         concepts_(in.concepts) {}
 
   std::int64_t concepts() const { return concepts_; }
+  std::span<const float> image(std::int32_t row) const { return std::span(images_).subspan(row * dim_, dim_); }
+  std::span<const float> texts() const { return texts_; }
 
   // out[i, k - first] = P[rows[i], k] for k in [first, first + count).
   void rows(std::span<const std::int32_t> rows, std::int64_t first, std::int64_t count, float* out) const {
@@ -100,11 +105,34 @@ std::vector<std::vector<std::int32_t>> neuron_top_images(const SimilarityInputs&
   return tops;
 }
 
+#ifdef CLIPDISSECT_WITH_CUDA
+// weighted_pmi on CUDA GPU `device`, over the rows of the images in some top set (`needed`).
+std::vector<float> weighted_pmi_on_gpu(const SimilarityInputs& in, const ClipScores& scores,
+                                       const std::vector<std::vector<std::int32_t>>& tops,
+                                       const std::vector<std::int32_t>& needed, int top_k, float a, float lambda,
+                                       float min_prob, const std::vector<float>* membership, int device) {
+  std::vector<float> images;
+  std::vector<std::int32_t> row_of(in.images, -1), members;
+  for (std::size_t i = 0; i < needed.size(); ++i) {
+    const std::span<const float> image = scores.image(needed[i]);
+    images.insert(images.end(), image.begin(), image.end());
+    row_of[needed[i]] = static_cast<std::int32_t>(i);
+  }
+  for (const auto& list : tops)
+    for (std::int32_t image : list) members.push_back(row_of[image]);
+  cuda::WeightedPmiProblem problem{images, scores.texts(), static_cast<std::int64_t>(needed.size()), in.dim,
+                                   in.concepts, in.neurons, top_k, members, {}, a, lambda, min_prob};
+  if (membership) problem.membership = *membership;
+  return cuda::weighted_pmi(problem, device);
+}
+#endif
+
 // SoftWPMI and WPMI: log p(concept | top images of neuron) summed over the top images (weighted by
 // rank membership p_j for SoftWPMI), minus lambda * log p(concept), where p(concept) averages over
 // the layer's neurons (logsumexp).
 std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& scores, int top_k, float a,
-                                float lambda, float min_prob, const std::vector<float>* membership) {
+                                float lambda, float min_prob, const std::vector<float>* membership,
+                                const Device& device) {
   const std::int64_t c_count = in.neurons, k_count = in.concepts;
   const auto tops = neuron_top_images(in, top_k);
 
@@ -115,6 +143,13 @@ std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& sc
   std::vector<std::int32_t> needed;
   for (std::int64_t u = 0; u < in.images; ++u)
     if (!members[u].empty()) needed.push_back(static_cast<std::int32_t>(u));
+  if (device.cuda) {
+#ifdef CLIPDISSECT_WITH_CUDA
+    return weighted_pmi_on_gpu(in, scores, tops, needed, top_k, a, lambda, min_prob, membership, device.index);
+#else
+    make_cuda_backend(device.index, Precision::F32);  // throws: this build has no CUDA
+#endif
+  }
 
   std::vector<double> log_p(c_count * k_count, 0.0);
   std::vector<float> chunk(kImageChunk * k_count), terms;
@@ -366,17 +401,22 @@ int required_top_images(SimilarityFunction function, std::int64_t images, const 
 
 std::vector<float> compute_similarity(SimilarityFunction function, const SimilarityInputs& inputs,
                                       const SimilarityParams& params) {
+  return compute_similarity(function, inputs, params, Device{});
+}
+
+std::vector<float> compute_similarity(SimilarityFunction function, const SimilarityInputs& inputs,
+                                      const SimilarityParams& params, const Device& device) {
   check_inputs(inputs);
   const ClipScores scores(inputs);
   switch (function) {
     case SimilarityFunction::SoftWpmi: {
       const std::vector<float> p = membership_weights(params.soft_wpmi_top_k, params.p_start, params.p_end);
       return weighted_pmi(inputs, scores, params.soft_wpmi_top_k, params.soft_wpmi_a, params.soft_wpmi_lambda,
-                          params.min_prob, &p);
+                          params.min_prob, &p, device);
     }
     case SimilarityFunction::Wpmi:
       return weighted_pmi(inputs, scores, params.wpmi_top_k, params.wpmi_a, params.wpmi_lambda, params.min_prob,
-                          nullptr);
+                          nullptr, device);
     case SimilarityFunction::RankReorder: return rank_reorder(inputs, scores, params);
     case SimilarityFunction::Cos: return cosine(inputs, scores, false, 0.f);
     case SimilarityFunction::CosCubed: return cosine(inputs, scores, true, params.cos_cubed_min_norm);

@@ -13,6 +13,7 @@
 
 #include "clipdissect/backend.h"
 #include "clipdissect/error.h"
+#include "engine/op_checks.h"
 
 namespace clipdissect {
 namespace {
@@ -120,19 +121,15 @@ class CpuBackend final : public Backend {
   std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
                                           std::span<const float> bias, std::span<const float> scale,
                                           std::span<const float> shift) override {
+    op_checks::conv_weight("cpu", spec, weight.size(), bias.size());
     auto conv = std::make_shared<CpuConv>();
     conv->spec = spec;
-    const std::int64_t expected =
-        std::int64_t{spec.out_channels} * (spec.in_channels / spec.groups) * spec.kernel * spec.kernel;
-    if (static_cast<std::int64_t>(weight.size()) != expected || spec.in_channels % spec.groups != 0)
-      fail("cpu backend: conv weight has {} values, expected {}", weight.size(), expected);
     conv->weights_plain = memory({conv_weight_dims(spec), kF32, spec.groups > 1 ? Tag::goihw : Tag::oihw}, engine_);
     std::memcpy(conv->weights_plain.get_data_handle(), weight.data(), weight.size_bytes());
     conv->bias = memory({{spec.out_channels}, kF32, Tag::a}, engine_);
     auto* b = static_cast<float*>(conv->bias.get_data_handle());
     if (bias.empty()) std::fill_n(b, spec.out_channels, 0.f);
-    else if (static_cast<int>(bias.size()) == spec.out_channels) std::copy(bias.begin(), bias.end(), b);
-    else fail("cpu backend: conv bias has {} values, expected {}", bias.size(), spec.out_channels);
+    else std::copy(bias.begin(), bias.end(), b);
     if (!scale.empty() || !shift.empty()) {
       conv->scale = channel_memory(scale, spec.out_channels, "conv scale");
       conv->shift = channel_memory(shift, spec.out_channels, "conv shift");
@@ -142,16 +139,13 @@ class CpuBackend final : public Backend {
 
   std::shared_ptr<LinearParams> make_linear(int in_features, int out_features, std::span<const float> weight,
                                             std::span<const float> bias) override {
+    op_checks::linear_weight("cpu", in_features, out_features, weight.size(), bias.size());
     auto linear = std::make_shared<CpuLinear>();
     linear->in = in_features;
     linear->out = out_features;
-    if (static_cast<std::int64_t>(weight.size()) != std::int64_t{in_features} * out_features)
-      fail("cpu backend: linear weight has {} values, expected {}x{}", weight.size(), out_features, in_features);
     linear->weights = memory({dims2(in_features, out_features), kF32, Tag::ba}, engine_);
     std::memcpy(linear->weights.get_data_handle(), weight.data(), weight.size_bytes());
     if (!bias.empty()) {
-      if (static_cast<int>(bias.size()) != out_features)
-        fail("cpu backend: linear bias has {} values, expected {}", bias.size(), out_features);
       linear->bias = memory({dims2(1, out_features), kF32, Tag::ab}, engine_);
       std::memcpy(linear->bias.get_data_handle(), bias.data(), bias.size_bytes());
     }
@@ -175,17 +169,12 @@ class CpuBackend final : public Backend {
                bool raw) override {
     auto& conv = const_cast<CpuConv&>(static_cast<const CpuConv&>(params));
     const Conv2dSpec& s = conv.spec;
-    if (x.rank() != 4 || x.dim(1) != s.in_channels)
-      fail("cpu backend: conv2d expects [N, {}, H, W], got {}", s.in_channels, shape_to_string(x.shape()));
-    const std::int64_t oh = (x.dim(2) + 2 * s.padding - s.kernel) / s.stride + 1;
-    const std::int64_t ow = (x.dim(3) + 2 * s.padding - s.kernel) / s.stride + 1;
-    const Shape out_shape{x.dim(0), s.out_channels, oh, ow};
+    const Shape out_shape = op_checks::conv2d_output("cpu", s, x, residual, act, raw);
 
     const memory::desc src_any(Dims(x.shape().begin(), x.shape().end()), kF32, Tag::any);
     const memory::desc dst_any(Dims(out_shape.begin(), out_shape.end()), kF32, Tag::any);
     // (conv + bias) * scale + shift, + residual, then the activation: PyTorch's order of float operations.
     dnnl::post_ops ops;
-    if (raw && (residual || act != Activation::None)) fail("cpu backend: a raw convolution takes no residual or activation");
     const bool affine = !raw && conv.scale.get(true) != nullptr;
     if (affine) {
       ops.append_binary(dnnl::algorithm::binary_mul, conv.scale.get_desc());
@@ -286,11 +275,8 @@ class CpuBackend final : public Backend {
 
   Tensor linear(const LinearParams& params, const Tensor& x, Activation act, const Tensor* residual) override {
     const auto& linear = static_cast<const CpuLinear&>(params);
-    if (x.dim(-1) != linear.in)
-      fail("cpu backend: linear expects [..., {}], got {}", linear.in, shape_to_string(x.shape()));
+    const Shape out_shape = op_checks::linear_output("cpu", linear.in, linear.out, x, residual);
     const std::int64_t rows = x.numel() / linear.in;
-    Shape out_shape = x.shape();
-    out_shape.back() = linear.out;
     Tensor src = to_plain(x);
     const memory::desc src_md(dims2(rows, linear.in), kF32, Tag::ab);
     const memory::desc dst_md(dims2(rows, linear.out), kF32, Tag::ab);
@@ -298,9 +284,6 @@ class CpuBackend final : public Backend {
     append_activation(ops, act);
     Tensor res_plain;
     if (residual) {
-      if (residual->shape() != out_shape)
-        fail("cpu backend: linear residual {} for output {}", shape_to_string(residual->shape()),
-             shape_to_string(out_shape));
       res_plain = to_plain(*residual);
       ops.append_binary(dnnl::algorithm::binary_add, dst_md);
     }
@@ -358,11 +341,9 @@ class CpuBackend final : public Backend {
   }
 
   Tensor prepend_token(const Tensor& tokens, const Tensor& first) override {
-    expect_rank(tokens, 3, "prepend_token");
+    op_checks::prepend("cpu", tokens, first);
     const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
     const bool shared = first.rank() == 1;
-    if (first.dim(-1) != d || (!shared && (first.rank() != 2 || first.dim(0) != n)))
-      fail("cpu backend: prepend_token of {} to {}", shape_to_string(first.shape()), shape_to_string(tokens.shape()));
     Tensor src = to_plain(tokens), head = to_plain(first);
     Tensor out = empty({n, l + 1, d});
     const float *s = data_of(src), *h = data_of(head);
@@ -394,11 +375,8 @@ class CpuBackend final : public Backend {
   }
 
   Tensor add_positional(const Tensor& tokens, const Tensor& positional) override {
-    expect_rank(tokens, 3, "add_positional");
+    op_checks::positional("cpu", tokens, positional);
     const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
-    if (positional.rank() != 2 || positional.dim(1) != d || positional.dim(0) < l)
-      fail("cpu backend: positional embedding {} for tokens {}", shape_to_string(positional.shape()),
-           shape_to_string(tokens.shape()));
     Tensor src = to_plain(tokens), pos = to_plain(positional);
     Tensor out = empty(tokens.shape());
     const float *s = data_of(src), *p = data_of(pos);
@@ -410,46 +388,28 @@ class CpuBackend final : public Backend {
   }
 
   Tensor select_tokens(const Tensor& tokens, std::span<const std::int64_t> positions) override {
-    expect_rank(tokens, 3, "select_tokens");
-    const std::int64_t n = tokens.dim(0), l = tokens.dim(1), d = tokens.dim(2);
-    if (static_cast<std::int64_t>(positions.size()) != n)
-      fail("cpu backend: select_tokens got {} positions for {} sequences", positions.size(), n);
+    const std::vector<std::int64_t> rows = op_checks::token_rows("cpu", tokens, positions);
+    const std::int64_t n = tokens.dim(0), d = tokens.dim(2);
     Tensor src = to_plain(tokens);
     Tensor out = empty({n, d});
-    for (std::int64_t i = 0; i < n; ++i) {
-      if (positions[i] < 0 || positions[i] >= l)
-        fail("cpu backend: token position {} outside a sequence of {}", positions[i], l);
-      std::memcpy(data_of(out) + i * d, data_of(src) + (i * l + positions[i]) * d, d * sizeof(float));
-    }
+    for (std::int64_t i = 0; i < n; ++i) std::memcpy(data_of(out) + i * d, data_of(src) + rows[i] * d, d * sizeof(float));
     return out;
   }
 
   Tensor embedding(const Tensor& table, std::span<const std::int32_t> ids, std::int64_t batch,
                    std::int64_t length) override {
     expect_rank(table, 2, "embedding");
-    const std::int64_t vocab = table.dim(0), d = table.dim(1);
-    if (static_cast<std::int64_t>(ids.size()) != batch * length)
-      fail("cpu backend: embedding got {} ids for {}x{}", ids.size(), batch, length);
+    op_checks::token_ids("cpu", ids, table.dim(0), batch, length);
+    const std::int64_t d = table.dim(1);
     Tensor src = to_plain(table);
     Tensor out = empty({batch, length, d});
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= vocab) fail("cpu backend: token id {} outside the vocabulary of {}", ids[i], vocab);
+    for (std::size_t i = 0; i < ids.size(); ++i)
       std::memcpy(data_of(out) + i * d, data_of(src) + ids[i] * d, d * sizeof(float));
-    }
     return out;
   }
 
   Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias) override {
-    expect_rank(qkv, 3, "attention");
-    const std::int64_t n = qkv.dim(0), l = qkv.dim(1), d = qkv.dim(2) / 3, hd = d / heads;
-    if (qkv.dim(2) != 3 * d || d % heads != 0)
-      fail("cpu backend: attention input {} does not split into q, k, v of {} heads", shape_to_string(qkv.shape()),
-           heads);
-    if (score_bias && (score_bias->rank() != 4 || (score_bias->dim(0) != 1 && score_bias->dim(0) != n) ||
-                       score_bias->dim(1) != heads || score_bias->dim(2) != l || score_bias->dim(3) != l))
-      fail("cpu backend: attention score bias {} for {} sequences of {} tokens and {} heads, expected [{} or 1, {}, "
-           "{}, {}]",
-           shape_to_string(score_bias->shape()), n, l, heads, n, heads, l, l);
+    const auto [n, l, d, hd] = op_checks::attention("cpu", qkv, heads, score_bias);
     Tensor packed = to_plain(qkv);
     float* base = data_of(packed);
     const Dims view_dims{n, heads, l, hd};
@@ -534,9 +494,7 @@ class CpuBackend final : public Backend {
  private:
   static float* data_of(const Tensor& t) { return static_cast<float*>(mem_of(t).get_data_handle()); }
 
-  static void expect_rank(const Tensor& t, int rank, const char* op) {
-    if (t.rank() != rank) fail("cpu backend: {} expects a rank-{} tensor, got {}", op, rank, shape_to_string(t.shape()));
-  }
+  static void expect_rank(const Tensor& t, int rank, const char* op) { op_checks::rank("cpu", t, rank, op); }
 
   Tensor empty(const Shape& shape) { return wrap(shape, memory(plain_desc(shape), engine_)); }
 
