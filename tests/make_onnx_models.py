@@ -47,8 +47,9 @@ def export(model, name, out_dir, size, layers, opset=17, dynamic_batch=True, kee
     randomize_batch_norms(model)
     images = torch.randn(BATCH, 3, size, size)
     modules = dict(model.named_modules())
+    # Cloned: a later in-place activation (nn.Hardswish(inplace=True)) would overwrite the hooked tensor.
     recorded = {}
-    hooks = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: recorded.__setitem__(layer, out))
+    hooks = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: recorded.__setitem__(layer, out.clone()))
              for layer in layers]
     with torch.no_grad():
         output = model(images)
@@ -125,7 +126,7 @@ def export_models(out_dir):
            ["features.0", "features.1.0", "features.1.2.block", "features.4", "features.7.2", "avgpool",
             "classifier.0", "classifier"], opset=13)
     export(tv.densenet121(), "densenet121", out_dir, 64,
-           ["features.conv0", "features.pool0", "features.denseblock1.denselayer1", "features.transition1",
+           ["features.relu0", "features.pool0", "features.denseblock1.denselayer1", "features.transition1",
             "features.denseblock4", "features.norm5", "classifier"])
     export(OpsZoo(), "ops_zoo", out_dir, 9, ["up", "conv"])
     model = onnx.load(os.path.join(out_dir, "resnet18.onnx"))

@@ -57,16 +57,17 @@ class Value {
 };
 
 // One node of the graph with its attributes; errors name the model file, the node and its operator.
+// Kernels keep copies for their run-time errors; they share one copy of the node, which outlives the model.
 class OnnxNode {
  public:
   OnnxNode(const onnx::NodeProto& proto, std::string source, int opset)
-      : proto_(proto), source_(std::move(source)), opset_(opset) {}
+      : proto_(std::make_shared<const onnx::NodeProto>(proto)), source_(std::move(source)), opset_(opset) {}
 
-  const std::string& op() const { return proto_.op_type(); }
-  const std::string& name() const { return proto_.name(); }
+  const std::string& op() const { return proto_->op_type(); }
+  const std::string& name() const { return proto_->name(); }
   int opset() const { return opset_; }
-  int input_count() const { return proto_.input_size(); }
-  int output_count() const { return proto_.output_size(); }
+  int input_count() const { return proto_->input_size(); }
+  int output_count() const { return proto_->output_size(); }
   // "model.onnx: node '/layer1/Conv' (Conv)"
   std::string where() const;
 
@@ -85,7 +86,7 @@ class OnnxNode {
  private:
   const onnx::AttributeProto* find(const std::string& name) const;
 
-  const onnx::NodeProto& proto_;
+  std::shared_ptr<const onnx::NodeProto> proto_;
   std::string source_;
   int opset_;
 };

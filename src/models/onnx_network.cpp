@@ -56,19 +56,21 @@ std::string model_summary(const onnx::ModelProto& model, const std::string& sour
 }
 
 // "/layer4/layer4.2/conv3/Conv" -> {"layer4", "layer4.2", "layer4.2.conv3"}: the PyTorch modules whose
-// scopes torch.onnx wrote into the node name, outermost first. A scope is either the module's full path
-// ("layer4.2") or its name inside the enclosing one ("conv3").
+// scopes torch.onnx wrote into the node name, outermost first. A scope names a module inside the enclosing
+// one ("conv3"), or a child of the enclosing container by extending its scope ("layer4" -> "layer4.2",
+// "block" -> "block.0", as torch.onnx names the items of nn.Sequential).
 std::vector<std::string> module_scopes(const std::string& node_name) {
   std::vector<std::string> modules;
   if (node_name.empty() || node_name.front() != '/') return modules;
-  std::string path;
+  std::string parent, scope;  // the module path above the current scope, and that scope
   std::size_t begin = 1;
   for (std::size_t end = node_name.find('/', begin); end != std::string::npos; end = node_name.find('/', begin)) {
-    const std::string scope = node_name.substr(begin, end - begin);
+    const std::string next = node_name.substr(begin, end - begin);
     begin = end + 1;
-    if (scope.empty()) continue;
-    path = path.empty() || scope.rfind(path + ".", 0) == 0 ? scope : path + "." + scope;
-    modules.push_back(path);
+    if (next.empty()) continue;
+    if (scope.empty() || next.rfind(scope + ".", 0) != 0) parent = modules.empty() ? "" : modules.back();
+    scope = next;
+    modules.push_back(parent.empty() ? scope : parent + "." + scope);
   }
   return modules;
 }

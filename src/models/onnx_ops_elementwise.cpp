@@ -153,18 +153,19 @@ Kernel make_where(const OnnxNode& node, const std::vector<ValuePtr>&, Backend&) 
     const std::vector<std::int64_t>& c = condition.ints();
     const std::int64_t count = shape_numel(out);
     const auto at = [](const std::vector<std::int64_t>& index, std::int64_t i) { return index.empty() ? i : index[i]; };
-    // Picks from X where the condition holds, else from Y: as indices into the concatenation [X, Y].
+    // Picks from X where the condition holds, else from Y: indices into X followed by Y.
     std::vector<std::int64_t> source(count);
     for (std::int64_t i = 0; i < count; ++i) source[i] = c[at(ic, i)] ? at(ix, i) : x.numel() + at(iy, i);
+    // Picked from one buffer holding X then Y.
+    const Shape joined{x.numel() + y.numel()};
     if (x.is_float()) {
       std::vector<float> both = x.host(backend);
       both.insert(both.end(), y.host(backend).begin(), y.host(backend).end());
-      return {gather_elements(*Value::floats({static_cast<std::int64_t>(both.size())}, std::move(both)), out, source, backend)};
+      return {gather_elements(*Value::floats(joined, std::move(both)), out, source, backend)};
     }
     std::vector<std::int64_t> both = x.ints();
     both.insert(both.end(), y.ints().begin(), y.ints().end());
-    return {gather_elements(*Value::ints({static_cast<std::int64_t>(both.size())}, std::move(both), x.type()), out,
-                            source, backend)};
+    return {gather_elements(*Value::ints(joined, std::move(both), x.type()), out, source, backend)};
   };
 }
 

@@ -66,7 +66,7 @@ ValuePtr Value::reshaped(Shape shape, Backend& backend) const {
 std::string OnnxNode::where() const { return fmt::format("{}: node '{}' ({})", source_, name(), op()); }
 
 const onnx::AttributeProto* OnnxNode::find(const std::string& name) const {
-  for (const onnx::AttributeProto& attribute : proto_.attribute())
+  for (const onnx::AttributeProto& attribute : proto_->attribute())
     if (attribute.name() == name) return &attribute;
   return nullptr;
 }
