@@ -166,6 +166,18 @@ TEST(OnnxTarget, TruncatedFileIsAnError) {
   }
 }
 
+TEST(OnnxTarget, ModelFileOver2GBAsksForExternalData) {
+  testing::TemporaryFolder folder;
+  const std::filesystem::path big = folder.path() / "big.onnx";
+  std::ofstream(big, std::ios::binary).put('\x08');
+  std::filesystem::resize_file(big, (std::uintmax_t{1} << 31) + 8);  // sparse: no disk space used
+  auto backend = make_cpu_backend(1);
+  const std::string error = error_of([&] { load_target(*backend, big); });
+  EXPECT_NE(error.find("protobuf cannot parse an ONNX file of 2 GB or more: save the weights as external data"),
+            std::string::npos)
+      << error;
+}
+
 TEST(OnnxTarget, InspectListsLayersWithShapes) {
   testing::TemporaryFolder scratch;
   const testing::CliResult result = testing::run_cli({"inspect", onnx_model("resnet18.onnx").string()}, scratch.path());
