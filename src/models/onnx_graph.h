@@ -104,6 +104,10 @@ void add_shape_kernels(KernelTable& table);
 // Every supported operator, by ONNX op_type.
 const KernelTable& kernel_table();
 
+// Conv, then BatchNormalization (optional), then Relu (when `relu`) as one backend convolution.
+Kernel make_fused_conv(const OnnxNode& conv, const std::vector<ValuePtr>& conv_constants, const OnnxNode* batch_norm,
+                       const std::vector<ValuePtr>& batch_norm_constants, bool relu, Backend& backend);
+
 // Input `index` of a node as a constant, or an error saying the operator needs it known at load time.
 const Value& constant_input(const OnnxNode& node, const std::vector<ValuePtr>& constants, int index,
                             const char* what);

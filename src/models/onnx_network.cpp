@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include <onnx/shape_inference/implementation.h>
@@ -130,7 +131,10 @@ class OnnxNetwork final : public Network {
     for (const onnx::TensorProto& t : graph.initializer())
       define_constant(t.name(), onnx_target::value_from_proto(t, &external_, source_));
     bind_image_input(graph);
-    for (const onnx::NodeProto& node : graph.node()) compile(node, opset);
+    for (const onnx::NodeProto& node : graph.node())
+      for (const std::string& input : node.input()) ++readers_[input];
+    for (const onnx::ValueInfoProto& output : graph.output()) ++readers_[output.name()];
+    for (int i = 0; i < graph.node_size(); ++i) compile(graph, i, opset);
     const std::string& output = graph.output(0).name();
     if (!slots_.count(output)) fail("{}: graph output '{}' is produced by no node", source_, output);
     output_slot_ = slots_.at(output);
@@ -182,12 +186,19 @@ class OnnxNetwork final : public Network {
   }
 
  private:
+  // Several consecutive steps computed by one kernel (a convolution with its BatchNorm and ReLU).
+  struct Fusion {
+    Kernel kernel;  // this step's inputs -> the last fused step's outputs
+    std::size_t steps = 0;
+  };
+
   struct Step {
     Kernel kernel;
     std::string where;
     std::vector<int> inputs;  // -1: an omitted optional input
     std::vector<int> outputs;
     std::vector<int> release;  // slots whose last use this is
+    std::optional<Fusion> fusion;
   };
 
   int slot(const std::string& name) {
@@ -220,7 +231,8 @@ class OnnxNetwork final : public Network {
     if (input_name_.empty()) fail("{}: the graph has no input for the images", source_);
   }
 
-  void compile(const onnx::NodeProto& proto, int opset) {
+  void compile(const onnx::GraphProto& graph, int index, int opset) {
+    const onnx::NodeProto& proto = graph.node(index);
     const OnnxNode node(proto, source_, opset);
     const auto& table = onnx_target::kernel_table();
     const auto factory = table.find(proto.op_type());
@@ -251,13 +263,43 @@ class OnnxNetwork final : public Network {
     }
     step.kernel = run_guarded(node.where(), [&] { return (*factory->second)(node, constants, backend_); });
     if (!constant) {
+      if (proto.op_type() == "Conv") step.fusion = plan_fusion(graph, index, opset, constants);
       steps_.push_back(std::move(step));
       return;
     }
     // Depends only on initializers: evaluated once, now.
-    const std::vector<ValuePtr> outputs = execute(step, constants);
+    const std::vector<ValuePtr> outputs = execute(step.kernel, step, step, constants);
     for (std::size_t i = 0; i < step.outputs.size(); ++i)
       if (step.outputs[i] >= 0) constants_[step.outputs[i]] = outputs[i];
+  }
+
+  // The node after `producer` when it has operator `op` and is the only reader of the producer's one output.
+  const onnx::NodeProto* sole_reader(const onnx::GraphProto& graph, int producer, const char* op) const {
+    const onnx::NodeProto& node = graph.node(producer);
+    if (producer + 1 >= graph.node_size() || node.output_size() != 1 || readers_.at(node.output(0)) != 1) return nullptr;
+    const onnx::NodeProto& next = graph.node(producer + 1);
+    const bool reads = next.input_size() > 0 && next.input(0) == node.output(0);
+    return reads && next.op_type() == op && is_default_domain(next.domain()) ? &next : nullptr;
+  }
+
+  // Conv, then BatchNormalization and / or Relu, each the only reader of the output before: one backend
+  // convolution with the BatchNorm's affine and the ReLU fused, run whenever no tensor in between is recorded.
+  std::optional<Fusion> plan_fusion(const onnx::GraphProto& graph, int index, int opset,
+                                    const std::vector<ValuePtr>& conv_constants) const {
+    const onnx::NodeProto* batch_norm = sole_reader(graph, index, "BatchNormalization");
+    const onnx::NodeProto* relu = sole_reader(graph, batch_norm ? index + 1 : index, "Relu");
+    if (!batch_norm && !relu) return std::nullopt;
+    std::optional<OnnxNode> norm;
+    std::vector<ValuePtr> norm_constants;
+    if (batch_norm) {
+      norm.emplace(*batch_norm, source_, opset);
+      for (const std::string& input : batch_norm->input())
+        norm_constants.push_back(slots_.count(input) ? constants_[slots_.at(input)] : nullptr);
+    }
+    const OnnxNode conv(graph.node(index), source_, opset);
+    return Fusion{onnx_target::make_fused_conv(conv, conv_constants, norm ? &*norm : nullptr, norm_constants,
+                                               relu != nullptr, backend_),
+                  1 + (batch_norm ? 1u : 0u) + (relu ? 1u : 0u)};
   }
 
   // Runs `f`, prefixing an error that does not name the node with `where`.
@@ -271,10 +313,12 @@ class OnnxNetwork final : public Network {
     }
   }
 
-  std::vector<ValuePtr> execute(const Step& step, const std::vector<ValuePtr>& inputs) const {
-    std::vector<ValuePtr> outputs = run_guarded(step.where, [&] { return step.kernel(backend_, inputs); });
-    if (outputs.size() < step.outputs.size())
-      fail("{}: {} outputs requested, the operator gives {}", step.where, step.outputs.size(), outputs.size());
+  // Runs `kernel` for the steps from `first` to `last` (the same step unless fused).
+  std::vector<ValuePtr> execute(const Kernel& kernel, const Step& first, const Step& last,
+                                const std::vector<ValuePtr>& inputs) const {
+    std::vector<ValuePtr> outputs = run_guarded(first.where, [&] { return kernel(backend_, inputs); });
+    if (outputs.size() < last.outputs.size())
+      fail("{}: {} outputs requested, the operator gives {}", last.where, last.outputs.size(), outputs.size());
     return outputs;
   }
 
@@ -307,24 +351,42 @@ class OnnxNetwork final : public Network {
     recorder.record(layer, value.tensor(backend_));
   }
 
+  // Whether a tensor that steps [first, first + count - 1) produce is to be recorded.
+  bool records_inside(std::size_t first, std::size_t count, const Recorder* recorder) const {
+    if (!recorder) return false;
+    for (std::size_t i = first; i + 1 < first + count; ++i)
+      for (int id : steps_[i].outputs) {
+        const auto layers = records_.find(id);
+        if (layers == records_.end()) continue;
+        for (const std::string& layer : layers->second)
+          if (recorder->wants(layer)) return true;
+      }
+    return false;
+  }
+
   Tensor run(const Tensor& images, Recorder* recorder) const {
     std::vector<ValuePtr> slots = constants_;
     slots[input_slot_] = Value::device(images);
-    for (const Step& step : steps_) {
+    for (std::size_t first = 0; first < steps_.size();) {
+      const Step& step = steps_[first];
+      const bool fused = step.fusion && !records_inside(first, step.fusion->steps, recorder);
+      const std::size_t count = fused ? step.fusion->steps : 1;
+      const Step& last = steps_[first + count - 1];
       std::vector<ValuePtr> inputs;
       for (int id : step.inputs) inputs.push_back(id >= 0 ? slots[id] : nullptr);
-      const std::vector<ValuePtr> outputs = execute(step, inputs);
-      for (std::size_t i = 0; i < step.outputs.size(); ++i) {
-        if (step.outputs[i] < 0) continue;
-        slots[step.outputs[i]] = outputs[i];
-        const auto layers = records_.find(step.outputs[i]);
+      const std::vector<ValuePtr> outputs = execute(fused ? step.fusion->kernel : step.kernel, step, last, inputs);
+      for (std::size_t i = 0; i < last.outputs.size(); ++i) {
+        if (last.outputs[i] < 0) continue;
+        slots[last.outputs[i]] = outputs[i];
+        const auto layers = records_.find(last.outputs[i]);
         if (recorder && layers != records_.end())
           for (const std::string& layer : layers->second) record(*recorder, layer, *outputs[i]);
       }
-      for (int id : step.release) slots[id].reset();
+      for (std::size_t i = first; i < first + count; ++i)
+        for (int id : steps_[i].release) slots[id].reset();
+      first += count;
     }
-    if (!slots[output_slot_]->is_float())
-      fail("{}: the graph's output is not a float tensor", source_);
+    if (!slots[output_slot_]->is_float()) fail("{}: the graph's output is not a float tensor", source_);
     return slots[output_slot_]->tensor(backend_);
   }
 
@@ -332,6 +394,7 @@ class OnnxNetwork final : public Network {
   std::string source_, summary_;
   ExternalData external_;
   std::map<std::string, int> slots_;  // tensor name -> slot
+  std::map<std::string, int> readers_;  // tensor name -> how many node inputs and graph outputs read it
   std::vector<ValuePtr> constants_;   // per slot: the value known at load time, else null
   std::vector<Step> steps_;
   std::string input_name_;

@@ -44,7 +44,9 @@ std::vector<float> optional_constant(const OnnxNode& node, const std::vector<Val
   return constant_input(node, constants, index, what).host(backend);
 }
 
-Kernel make_conv(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend) {
+// The convolution's weights on the backend, with an optional per-channel affine (a BatchNorm) fused after it.
+std::shared_ptr<ConvParams> conv_params(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend,
+                                        const ChannelAffine& affine = {}) {
   const Value& weight = constant_input(node, constants, 1, "W");
   if (weight.rank() != 4) node.fail("only 2-D convolutions are supported (W is {})", shape_to_string(weight.shape()));
   const Shape& w = weight.shape();
@@ -52,11 +54,18 @@ Kernel make_conv(const OnnxNode& node, const std::vector<ValuePtr>& constants, B
   const auto groups = static_cast<int>(node.attr_int("group", 1));
   const Conv2dSpec spec{static_cast<int>(w[1]) * groups, static_cast<int>(w[0]), window.kernel, window.stride,
                         window.padding, groups};
-  std::shared_ptr<ConvParams> params =
-      backend.make_conv2d(spec, weight.host(backend), optional_constant(node, constants, 2, "B", backend));
-  return [params](Backend& b, const std::vector<ValuePtr>& in) -> Outputs {
-    return {Value::device(b.conv2d(*params, in[0]->tensor(b), nullptr, Activation::None))};
+  return backend.make_conv2d(spec, weight.host(backend), optional_constant(node, constants, 2, "B", backend),
+                             affine.scale, affine.shift);
+}
+
+Kernel conv_kernel(std::shared_ptr<ConvParams> params, Activation act) {
+  return [params, act](Backend& b, const std::vector<ValuePtr>& in) -> Outputs {
+    return {Value::device(b.conv2d(*params, in[0]->tensor(b), nullptr, act))};
   };
+}
+
+Kernel make_conv(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend) {
+  return conv_kernel(conv_params(node, constants, backend), Activation::None);
 }
 
 // Transposed convolution, directly: each input pixel scatters its kernel-sized patch into the output.
@@ -107,15 +116,20 @@ Kernel make_conv_transpose(const OnnxNode& node, const std::vector<ValuePtr>& co
   };
 }
 
-Kernel make_batch_norm(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend) {
+ChannelAffine batch_norm_affine_of(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend) {
   if (node.output_count() > 1 || node.attr_int("training_mode", 0) != 0)
     node.fail("only inference BatchNormalization is supported (export the model in eval mode)");
   const auto input = [&](int index, const char* what) { return constant_input(node, constants, index, what).host(backend); };
-  const ChannelAffine affine = batch_norm_affine(input(1, "scale"), input(2, "B"), input(3, "input_mean"),
-                                                 input(4, "input_var"), node.attr_float("epsilon", 1e-5f));
+  ChannelAffine affine = batch_norm_affine(input(1, "scale"), input(2, "B"), input(3, "input_mean"),
+                                           input(4, "input_var"), node.attr_float("epsilon", 1e-5f));
   for (int i = 2; i <= 4; ++i)
     if (constants[i]->numel() != static_cast<std::int64_t>(affine.scale.size()))
       node.fail("inputs 1 to 4 must all have {} values", affine.scale.size());
+  return affine;
+}
+
+Kernel make_batch_norm(const OnnxNode& node, const std::vector<ValuePtr>& constants, Backend& backend) {
+  const ChannelAffine affine = batch_norm_affine_of(node, constants, backend);
   std::shared_ptr<NormParams> params = backend.make_channel_affine(affine.scale, affine.shift);
   return [node, params, affine](Backend& b, const std::vector<ValuePtr>& in) -> Outputs {
     const Value& x = *in[0];
@@ -397,6 +411,13 @@ Kernel make_resize(const OnnxNode& node, const std::vector<ValuePtr>&, Backend&)
 }
 
 }  // namespace
+
+Kernel make_fused_conv(const OnnxNode& conv, const std::vector<ValuePtr>& conv_constants, const OnnxNode* batch_norm,
+                       const std::vector<ValuePtr>& batch_norm_constants, bool relu, Backend& backend) {
+  const ChannelAffine affine =
+      batch_norm ? batch_norm_affine_of(*batch_norm, batch_norm_constants, backend) : ChannelAffine{};
+  return conv_kernel(conv_params(conv, conv_constants, backend, affine), relu ? Activation::Relu : Activation::None);
+}
 
 void add_nn_kernels(KernelTable& table) {
   table["Conv"] = make_conv;
