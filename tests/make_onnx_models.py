@@ -158,6 +158,15 @@ def export_broken_graphs(out_dir):
     onnx.save(tiny_graph([relu, odd]), os.path.join(out_dir, "unsupported_op.onnx"))
     add = helper.make_node("Add", ["images", "nowhere"], ["output"], name="/block/Add")
     onnx.save(tiny_graph([add]), os.path.join(out_dir, "missing_input.onnx"))
+    # Shapes computed from the image that the runtime must refuse: 48 values into [5, -1]; a negative dimension.
+    target = numpy_helper.from_array(np.array([5, -1], np.int64), "target")
+    reshape = helper.make_node("Reshape", ["images", "target"], ["output"], name="/head/Reshape")
+    onnx.save(tiny_graph([reshape], [target]), os.path.join(out_dir, "bad_reshape.onnx"))
+    ten = numpy_helper.from_array(np.array(10, np.int64), "ten")
+    nodes = [helper.make_node("Shape", ["images"], ["shape"], name="/Shape"),
+             helper.make_node("Sub", ["shape", "ten"], ["negative"], name="/Sub"),
+             helper.make_node("ConstantOfShape", ["negative"], ["output"], name="/fill/ConstantOfShape")]
+    onnx.save(tiny_graph(nodes, [ten]), os.path.join(out_dir, "negative_shape.onnx"))
     with open(os.path.join(out_dir, "weights.bin"), "wb") as f:
         f.write(np.array([1.0, 2.0, 3.0], np.float32).tobytes())
     external_weight_graph(out_dir, "external_ok", "weights.bin", 0, 12)

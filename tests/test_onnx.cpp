@@ -152,6 +152,20 @@ TEST(OnnxTarget, MissingInputIsAnError) {
   EXPECT_NE(error.find("node '/block/Add' (Add): reads tensor 'nowhere'"), std::string::npos) << error;
 }
 
+TEST(OnnxTarget, ImpossibleShapesAreErrorsNamingTheNode) {
+  auto backend = make_cpu_backend(1);
+  const Tensor images = backend->upload(std::vector<float>(48, 1.f), {1, 3, 4, 4});
+  const std::string reshape =
+      error_of([&] { load_target(*backend, onnx_model("bad_reshape.onnx"))->forward(images, nullptr); });
+  EXPECT_NE(reshape.find("node '/head/Reshape' (Reshape): cannot reshape [1, 3, 4, 4] into [5, -1]"), std::string::npos)
+      << reshape;
+  const std::string fill =
+      error_of([&] { load_target(*backend, onnx_model("negative_shape.onnx"))->forward(images, nullptr); });
+  EXPECT_NE(fill.find("node '/fill/ConstantOfShape' (ConstantOfShape): shape [-9, -7, -6, -6] has a negative dimension"),
+            std::string::npos)
+      << fill;
+}
+
 TEST(OnnxTarget, TruncatedFileIsAnError) {
   const std::string bytes = testing::read_file(onnx_model("resnet18.onnx"));
   testing::TemporaryFolder folder;

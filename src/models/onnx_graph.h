@@ -114,6 +114,10 @@ const Value& constant_input(const OnnxNode& node, const std::vector<ValuePtr>& c
 // Normalises a possibly negative axis against `rank`; an error names the node when it is out of range.
 int normalize_axis(const OnnxNode& node, std::int64_t axis, int rank);
 
+// A shape read from a tensor (ConstantOfShape, Expand, Resize sizes): an error names the node when a
+// dimension is negative or the shape holds more than 2^31 elements.
+Shape shape_from_values(const OnnxNode& node, const Value& values);
+
 // Numpy-style broadcasting of `shapes` to one shape; an error names the node when they do not broadcast.
 Shape broadcast_shape(const OnnxNode& node, const std::vector<Shape>& shapes);
 // For each element of a tensor of shape `out` (row-major), the index of the element of a tensor of shape

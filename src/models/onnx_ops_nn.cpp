@@ -88,6 +88,7 @@ Kernel make_conv_transpose(const OnnxNode& node, const std::vector<ValuePtr>& co
     const std::int64_t out_c = per_group_out * groups, kh = ws[2], kw = ws[3];
     const std::int64_t oh = (h - 1) * strides[0] - pads[0] - pads[2] + kh + extra[0];
     const std::int64_t ow = (wd - 1) * strides[1] - pads[1] - pads[3] + kw + extra[1];
+    if (oh <= 0 || ow <= 0) node.fail("pads leave no output for input {}", shape_to_string(xs));
     std::vector<float> out(n * out_c * oh * ow, 0.f);
     const std::vector<float>& x = in[0]->host(b);
     for (std::int64_t i = 0; i < n; ++i)
@@ -276,6 +277,9 @@ Kernel make_average_pool(const OnnxNode& node, const std::vector<ValuePtr>&, Bac
     if (in[0]->rank() != 4) node.fail("input must be [N, C, H, W], got {}", shape_to_string(in[0]->shape()));
     if (window.padding == 0 && window.stride == window.kernel)
       return {Value::device(b.avg_pool2d(in[0]->tensor(b), window.kernel))};
+    const Shape& s = in[0]->shape();
+    if (s[2] + 2 * window.padding < window.kernel || s[3] + 2 * window.padding < window.kernel)
+      node.fail("kernel {} is larger than the padded input {}", window.kernel, shape_to_string(s));
     return {average_pool(*in[0], window, count_pad, b)};
   };
 }
@@ -362,19 +366,22 @@ Kernel make_resize(const OnnxNode& node, const std::vector<ValuePtr>&, Backend&)
     std::vector<double> scales(4, 1.0);
     Shape out = s;
     if (node.opset() >= 11 && in.size() > 3 && in[3] && in[3]->numel() > 0) {
-      out = in[3]->ints();
+      out = shape_from_values(node, *in[3]);
       if (out.size() != 4) node.fail("sizes must have 4 values");
       for (int i = 0; i < 4; ++i) scales[i] = double(out[i]) / double(s[i]);
     } else if (in.size() > static_cast<std::size_t>(scales_index) && in[scales_index] && in[scales_index]->numel() == 4) {
       const std::vector<float>& given = in[scales_index]->host(b);
       for (int i = 0; i < 4; ++i) {
         scales[i] = given[i];
+        if (!(scales[i] > 0 && s[i] * scales[i] < double(1 << 20)))
+          node.fail("scale {} of axis {} is not positive or gives an axis over 2^20", scales[i], i);
         out[i] = static_cast<std::int64_t>(std::floor(s[i] * scales[i]));
       }
     } else {
       node.fail("neither scales nor sizes given for 4 axes");
     }
-    if (out[0] != s[0] || out[1] != s[1]) node.fail("only the spatial axes may be resized, output {}", shape_to_string(out));
+    if (out[0] != s[0] || out[1] != s[1] || out[2] <= 0 || out[3] <= 0)
+      node.fail("only the spatial axes may be resized, to a non-empty size; output {}", shape_to_string(out));
     // Per output row / column: the two source positions and the weight of the second.
     struct Tap { std::int64_t low, high; float weight; };
     const auto taps = [&](int axis) {

@@ -15,6 +15,17 @@ std::vector<std::int64_t> strides_of(const Shape& shape) {
   return strides;
 }
 
+Shape shape_from_values(const OnnxNode& node, const Value& values) {
+  Shape shape = values.ints();
+  std::int64_t count = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0 || (d > 0 && count > (std::int64_t{1} << 31) / d))
+      node.fail("shape {} has a negative dimension or more than 2^31 elements", shape_to_string(shape));
+    count *= d;
+  }
+  return shape;
+}
+
 Shape broadcast_shape(const OnnxNode& node, const std::vector<Shape>& shapes) {
   std::size_t rank = 0;
   for (const Shape& s : shapes) rank = std::max(rank, s.size());
@@ -333,7 +344,7 @@ Kernel make_squeeze(const OnnxNode& node, const std::vector<ValuePtr>&, Backend&
 
 Kernel make_expand(const OnnxNode& node, const std::vector<ValuePtr>&, Backend&) {
   return [node](Backend& backend, const std::vector<ValuePtr>& in) -> Outputs {
-    const Shape out = broadcast_shape(node, {in[0]->shape(), in[1]->ints()});
+    const Shape out = broadcast_shape(node, {in[0]->shape(), shape_from_values(node, *in[1])});
     return {gather_elements(*in[0], out, broadcast_indices(in[0]->shape(), out), backend)};
   };
 }
@@ -342,8 +353,8 @@ Kernel make_constant_of_shape(const OnnxNode& node, const std::vector<ValuePtr>&
   ValuePtr fill = node.has_attr("value") ? value_from_proto(node.attr_tensor("value"), nullptr, node.where())
                                          : Value::floats({1}, {0.f});
   if (fill->numel() != 1) node.fail("attribute 'value' must hold one element");
-  return [fill](Backend& b, const std::vector<ValuePtr>& in) -> Outputs {
-    const Shape out = in[0]->ints();
+  return [node, fill](Backend& b, const std::vector<ValuePtr>& in) -> Outputs {
+    const Shape out = shape_from_values(node, *in[0]);
     return {gather_elements(*fill, out, std::vector<std::int64_t>(shape_numel(out), 0), b)};
   };
 }
