@@ -2,6 +2,8 @@
 // time (into the build folder), their recorded modules compared with PyTorch forward hooks; resnet18 also
 // against the native torchvision ResNet on the same weights; external data and broken models.
 #include <fstream>
+#include <map>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -10,6 +12,7 @@
 #include "cli_runner.h"
 #include "clipdissect/error.h"
 #include "clipdissect/network.h"
+#include "fixtures.h"
 #include "test_files.h"
 #include "test_util.h"
 
@@ -200,6 +203,25 @@ TEST(OnnxTarget, InspectListsLayersWithShapes) {
   EXPECT_NE(result.out.find("  layer4  [batch, 512, 2, 2]\n"), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("  layer1.0.conv1  [batch, 64, 16, 16]\n"), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("  fc  [batch, 1000]\n"), std::string::npos) << result.out;
+}
+
+TEST(OnnxTarget, DescribeRunsOnAnOnnxTarget) {
+  testing::TemporaryFolder scratch;
+  const std::filesystem::path out = scratch.path() / "run";
+  const testing::CliResult result = testing::run_cli(
+      {"describe", "--clip", testing::fixture("models/clip_vit.pt").string(), "--target",
+       onnx_model("resnet18.onnx").string(), "--probe", testing::fixture("images/Zebra_stripes").string(),
+       "--similarity", "cos", "--concepts",
+       testing::fixture("e2e/concepts.txt").string(), "--layers", "layer4,fc", "--out", out.string(), "--cache-dir",
+       (scratch.path() / "cache").string(), "--bpe", testing::fixture("clip/bpe_simple_vocab_16e6.txt.gz").string(),
+       "--threads", "2", "--quiet"},
+      scratch.path());
+  ASSERT_EQ(result.status, 0) << result.err;
+  std::istringstream csv(testing::read_file(out / "descriptions.csv"));
+  std::map<std::string, int> neurons;
+  for (std::string line; std::getline(csv, line);) ++neurons[line.substr(0, line.find(','))];
+  EXPECT_EQ(neurons["layer4"], 512);
+  EXPECT_EQ(neurons["fc"], 1000);
 }
 
 }  // namespace
