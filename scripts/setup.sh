@@ -11,8 +11,10 @@ packages=(
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev   # images, archives, Unicode
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libcurl4-openssl-dev libssl-dev        # downloads and their SHA-256 checks
+  libonnx-dev libprotobuf-dev            # ONNX targets
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-torchvision      # only for the benchmark baselines (bench/), never at run time
+  python3-onnx                           # only for exporting the ONNX test models
   chromium                               # the HTML report's tests render it headless
   valgrind                               # a small end-to-end run under memcheck (tests/test_valgrind.cpp)
   clang libclang-rt-14-dev               # libFuzzer (+ ASan/UBSan runtimes) for scripts/fuzz.sh

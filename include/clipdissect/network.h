@@ -9,6 +9,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "clipdissect/backend.h"
@@ -62,7 +63,7 @@ std::string normalize_layer_name(std::string_view name);
 // Throws an Error listing the closest valid names when a requested layer does not exist.
 void check_layer_names(const Network& network, const std::vector<std::string>& layers, const std::string& source);
 
-// A target network (torchvision ResNet family, torchvision VisionTransformer, or a CLIP image tower),
+// A target network (torchvision ResNet family, torchvision VisionTransformer, a CLIP image tower, or an ONNX model),
 // architecture inferred from the checkpoint; what it cannot say comes from `config` (JSON with the
 // constructor's arguments), else from "<checkpoint>.json" next to it, else from the standard configurations.
 std::unique_ptr<Network> load_target(Backend& backend, const std::filesystem::path& checkpoint,
@@ -70,5 +71,12 @@ std::unique_ptr<Network> load_target(Backend& backend, const std::filesystem::pa
 
 // The architecture a checkpoint holds, for `inspect`; "unknown" when none is recognised.
 std::string describe_architecture(const std::filesystem::path& checkpoint);
+
+// ONNX models (any network exported with torch.onnx.export), recognised by the ".onnx" extension; load_target
+// runs them. Their layers are every tensor computed from the image, by ONNX name, and the PyTorch module paths
+// recovered from torch.onnx's node names ("/layer4/layer4.2/conv3/Conv" -> "layer4.2.conv3").
+bool is_onnx_model(const std::filesystem::path& path);
+// For `inspect`: each layer of an ONNX model with its shape from ONNX shape inference ("?" where unknown).
+std::vector<std::pair<std::string, std::string>> onnx_layer_shapes(const std::filesystem::path& model);
 
 }  // namespace clipdissect

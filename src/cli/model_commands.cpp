@@ -21,7 +21,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
+void run_inspect_onnx(const fs::path& file) {
+  fmt::print("file: {}\nformat: onnx\narchitecture: {}\n", file.string(), describe_architecture(file));
+  const auto layers = onnx_layer_shapes(file);
+  fmt::print("layers ({}), name and shape:\n", layers.size());
+  for (const auto& [name, shape] : layers) fmt::print("  {}  {}\n", name, shape);
+}
+
 void run_inspect(const fs::path& file, const std::optional<fs::path>& target_config) {
+  if (is_onnx_model(file)) return run_inspect_onnx(file);
   const WeightMap weights = fs::is_directory(file) ? load_weights_folder(file) : load_weights(file);
   fmt::print("file: {}\nformat: {}\ntensors: {}\n", file.string(), weights.format(), weights.size());
   for (const HostTensor& t : weights.tensors())
@@ -137,7 +145,7 @@ void register_model_commands(CLI::App& app) {
   };
   auto inspect_options = std::make_shared<InspectOptions>();
   CLI::App* inspect = app.add_subcommand("inspect", "List a checkpoint's tensors and the architecture it holds");
-  inspect->add_option("FILE", inspect_options->file, "Checkpoint (.pt, .pth, .pth.tar, .safetensors) or folder")
+  inspect->add_option("FILE", inspect_options->file, "Checkpoint (.pt, .pth, .pth.tar, .safetensors, .onnx) or folder")
       ->required();
   inspect->add_option("--target-config", inspect_options->target_config, "JSON with the model constructor's arguments");
   inspect->callback([inspect_options] { run_inspect(inspect_options->file, inspect_options->target_config); });

@@ -11,6 +11,17 @@ void record_if_wanted(Recorder* recorder, const std::string& name, const Tensor&
   if (recorder && recorder->wants(name)) recorder->record(name, output);
 }
 
+ChannelAffine batch_norm_affine(std::span<const float> weight, std::span<const float> bias, std::span<const float> mean,
+                                std::span<const float> var, float eps) {
+  // The same arithmetic as PyTorch keeps us within rounding of the reference.
+  ChannelAffine affine{std::vector<float>(weight.size()), std::vector<float>(weight.size())};
+  for (std::size_t c = 0; c < weight.size(); ++c) {
+    affine.scale[c] = 1.0f / std::sqrt(var[c] + eps) * weight[c];
+    affine.shift[c] = bias[c] - mean[c] * affine.scale[c];
+  }
+  return affine;
+}
+
 Conv2dSpec conv_spec_from(const WeightBinder& weights, const std::string& name, int stride, int padding,
                           int groups) {
   const Shape& shape = weights.shape_of(name + ".weight");
@@ -36,14 +47,8 @@ Conv2d::Conv2d(WeightBinder& weights, Backend& backend, std::string name, const 
   const auto gamma = weights.take(bn + ".weight", channels), beta = weights.take(bn + ".bias", channels);
   const auto mean = weights.take(bn + ".running_mean", channels), var = weights.take(bn + ".running_var", channels);
   weights.ignore(bn + ".num_batches_tracked");
-  // PyTorch's CPU inference BatchNorm: y = x * alpha + beta with alpha = weight / sqrt(var + eps) and
-  // beta = bias - mean * alpha, all in float; the same arithmetic keeps us within rounding of the reference.
   constexpr float kEps = 1e-5f;  // nn.BatchNorm2d's default, used by torchvision and CLIP
-  std::vector<float> alpha(spec.out_channels), shift(spec.out_channels);
-  for (int c = 0; c < spec.out_channels; ++c) {
-    alpha[c] = 1.0f / std::sqrt(var[c] + kEps) * gamma[c];
-    shift[c] = beta[c] - mean[c] * alpha[c];
-  }
+  const auto [alpha, shift] = batch_norm_affine(gamma, beta, mean, var, kEps);
   conv_ = backend.make_conv2d(spec, weight, bias, alpha, shift);
   bn_ = backend.make_channel_affine(alpha, shift);
 }

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,14 @@
 namespace clipdissect {
 
 void record_if_wanted(Recorder* recorder, const std::string& name, const Tensor& output);
+
+// A BatchNorm in inference mode as the per-channel affine y = x * scale + shift, in PyTorch's CPU float
+// arithmetic: scale = weight / sqrt(var + eps), shift = bias - mean * scale.
+struct ChannelAffine {
+  std::vector<float> scale, shift;
+};
+ChannelAffine batch_norm_affine(std::span<const float> weight, std::span<const float> bias, std::span<const float> mean,
+                                std::span<const float> var, float eps);
 
 // nn.Conv2d, optionally followed by nn.BatchNorm2d. BatchNorm runs fused into the convolution as a
 // per-channel affine in PyTorch's float arithmetic; when a recorder asks for the raw convolution or the

@@ -51,6 +51,7 @@ std::string unknown_architecture(const WeightMap& weights) {
 
 std::unique_ptr<Network> load_target(Backend& backend, const std::filesystem::path& checkpoint,
                                      const std::optional<std::filesystem::path>& config) {
+  if (is_onnx_model(checkpoint)) return make_onnx_network(backend, checkpoint);
   std::optional<HfClipConfig> hf;
   const WeightMap weights = load_clip_weights(checkpoint, hf);
   if (is_torchvision_resnet(weights)) return make_torchvision_resnet(weights, backend);
@@ -70,6 +71,7 @@ std::unique_ptr<Network> load_target(Backend& backend, const std::filesystem::pa
 }
 
 std::string describe_architecture(const std::filesystem::path& checkpoint) {
+  if (is_onnx_model(checkpoint)) return describe_onnx(checkpoint);
   std::optional<HfClipConfig> hf;
   const WeightMap weights = load_clip_weights(checkpoint, hf);
   if (is_torchvision_resnet(weights)) return describe_torchvision_resnet(weights);

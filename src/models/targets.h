@@ -1,6 +1,7 @@
 // The architectures load_target recognises, each implemented in its own file.
 #pragma once
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -20,5 +21,9 @@ bool is_torchvision_vit(const WeightMap& weights);
 std::unique_ptr<Network> make_torchvision_vit(const WeightMap& weights, Backend& backend, const nlohmann::json& config,
                                               const std::string& config_source);
 std::string describe_torchvision_vit(const WeightMap& weights, const nlohmann::json& config);
+
+// A graph exported to ONNX (models/onnx_network.cpp).
+std::unique_ptr<Network> make_onnx_network(Backend& backend, const std::filesystem::path& path);
+std::string describe_onnx(const std::filesystem::path& path);
 
 }  // namespace clipdissect
