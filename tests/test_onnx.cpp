@@ -119,7 +119,9 @@ TEST(OnnxTarget, PreprocessCropsToTheGraphInputSize) {
 TEST(OnnxTarget, ExternalDataGivesTheSameResults) {
   auto backend = make_cpu_backend(2);
   const Tensor images = reference_images(*backend, load_weights(onnx_model("resnet18.reference.safetensors")));
-  const auto inline_weights = backend->download(load_target(*backend, onnx_model("resnet18.onnx"))->forward(images, nullptr));
+  const auto inline_network = load_target(*backend, onnx_model("resnet18.onnx"));
+  EXPECT_TRUE(inline_network->extra_weight_files().empty());
+  const auto inline_weights = backend->download(inline_network->forward(images, nullptr));
   const auto external = backend->download(load_target(*backend, onnx_model("resnet18_external.onnx"))->forward(images, nullptr));
   EXPECT_EQ(inline_weights, external);
 }
@@ -133,6 +135,9 @@ TEST(OnnxTarget, ExternalDataIsReadAtItsOffsetAndBoundsChecked) {
   const std::vector<float> out = backend->download(network->forward(backend->upload(pixels, {1, 3, 4, 4}), nullptr));
   ASSERT_EQ(out.size(), pixels.size());
   for (std::size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], pixels[i] * static_cast<float>(i / 16 + 1)) << i;
+  // describe's cache keys include the data file's checksum.
+  ASSERT_EQ(network->extra_weight_files().size(), 1u);
+  EXPECT_EQ(network->extra_weight_files()[0].filename(), "weights.bin");
 
   const std::string past_end = error_of([&] { load_target(*backend, onnx_model("external_past_end.onnx")); });
   EXPECT_NE(past_end.find("tensor 'weight'"), std::string::npos) << past_end;

@@ -56,6 +56,9 @@ class Network {
   virtual Preprocess preprocess() const = 0;
   // images [N, 3, H, W], preprocessed; returns the network's final output.
   virtual Tensor forward(const Tensor& images, Recorder* recorder) const = 0;
+  // Files besides the checkpoint that the weights were read from (ONNX external data), so that caches keyed
+  // by checksums see a change in any of them.
+  virtual std::vector<std::filesystem::path> extra_weight_files() const { return {}; }
 };
 
 // Accepts the reference's spelling too ("layer2[0].conv1" -> "layer2.0.conv1").

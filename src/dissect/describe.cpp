@@ -346,10 +346,15 @@ DescribeResult Describer::run() {
   validate_layers();
 
   keys_.clip = sha256_file(config_.clip);
-  keys_.target = sha256_file(config_.target);
+  const std::string target_sha256 = sha256_file(config_.target);
+  keys_.target = target_sha256;
+  for (const fs::path& file : target().extra_weight_files()) {
+    keys_.target += ' ';  // not " " + ...: GCC 12 warns falsely (-Wrestrict) on operator+(const char*, string&&)
+    keys_.target += sha256_file(file);
+  }
   keys_.probe = sha256_hex(probe_.fingerprint());
   keys_.concepts = sha256_hex(fmt::format("{}", fmt::join(result.concepts, "\n")));
-  result.inputs = {keys_.clip, keys_.target, keys_.concepts, keys_.probe};
+  result.inputs = {keys_.clip, target_sha256, keys_.concepts, keys_.probe};
   keys_.target_config = config_.target_config ? sha256_file(*config_.target_config) : "none";
 
   const auto load_probe_rows = [&](const std::string& kind, const std::string& key) {

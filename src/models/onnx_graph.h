@@ -137,6 +137,8 @@ class ExternalData {
   // The bytes at `location` (relative to the model's folder, which it may not leave), bounds-checked;
   // valid while this object lives (the data files are memory-mapped).
   std::span<const std::byte> read(const onnx::TensorProto& tensor);
+  // The data files read so far.
+  std::vector<std::filesystem::path> files() const;
 
  private:
   std::filesystem::path model_path_;

@@ -150,6 +150,7 @@ class OnnxNetwork final : public Network {
   }
 
   std::vector<std::string> layer_names() const override { return layer_names_; }
+  std::vector<std::filesystem::path> extra_weight_files() const override { return external_.files(); }
 
   // torchvision's ImageNet evaluation transform, cropping to the graph's input size when it is fixed.
   Preprocess preprocess() const override {

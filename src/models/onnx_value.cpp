@@ -229,6 +229,12 @@ std::span<const std::byte> ExternalData::read(const onnx::TensorProto& tensor) {
   return file->bytes().subspan(offset, length);
 }
 
+std::vector<std::filesystem::path> ExternalData::files() const {
+  std::vector<std::filesystem::path> paths;
+  for (const auto& [path, file] : files_) paths.push_back(path);
+  return paths;
+}
+
 ValuePtr value_from_proto(const onnx::TensorProto& proto, ExternalData* external, const std::string& where) {
   Shape shape(proto.dims().begin(), proto.dims().end());
   for (std::int64_t d : shape)
