@@ -100,6 +100,9 @@ TEST_F(DescribeInterrupted, SecondInterruptEndsTheRunAtOnce) {
   ::kill(pid, SIGINT);
   const int status = wait_for(pid);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) << "status " << status;
+  // The first interrupt was the handler's (it said so), the second the default action's.
+  EXPECT_NE(testing::read_file(dir_.path() / "err").find("interrupt again to quit at once"), std::string::npos)
+      << testing::read_file(dir_.path() / "err");
   EXPECT_FALSE(fs::exists(dir_.path() / "out" / "run.json"));
 }
 
