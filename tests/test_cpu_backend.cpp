@@ -172,6 +172,17 @@ TEST_F(CpuBackendTest, AttentionMatchesSoftmaxLoopsWithAndWithoutCausalMask) {
                  naive_attention(qkv, n, l, heads, hd, causal));
 }
 
+TEST_F(CpuBackendTest, FirstTokenAttentionIsRowZeroOfTheFullAttention) {
+  const int n = 3, l = 7, heads = 2, hd = 4, d = heads * hd;
+  const auto qkv = random_values(n * l * 3 * d, 19, -2.f, 2.f);
+  const Tensor first = backend->first_token_attention(backend->upload(qkv, {n, l, 3 * d}), heads);
+  EXPECT_EQ(first.shape(), (Shape{n, d}));
+  const std::vector<float> all = naive_attention(qkv, n, l, heads, hd, false);
+  std::vector<float> row_zero;
+  for (int b = 0; b < n; ++b) row_zero.insert(row_zero.end(), all.begin() + b * l * d, all.begin() + (b * l + 1) * d);
+  expect_close(backend->download(first), row_zero);
+}
+
 TEST_F(CpuBackendTest, AttentionAddsScoreBiasPerSequenceOrShared) {
   const int n = 3, l = 6, heads = 2, hd = 4, d = heads * hd;
   const auto qkv = random_values(n * l * 3 * d, 21, -2.f, 2.f);

@@ -154,6 +154,9 @@ TEST_F(CudaOps, AttentionCausalAndWithScoreBias) {
     expect_same([&](Backend& b) { return b.download(b.attention(b.upload(qkv, {n, l, 3 * d}), heads, causal)); },
                 "attention");
     expect_same(
+        [&](Backend& b) { return b.download(b.first_token_attention(b.upload(qkv, {n, l, 3 * d}), heads)); },
+        "first_token_attention");
+    expect_same(
         [&](Backend& b) {
           const Tensor bias = b.upload(shared_bias, {1, heads, l, l});
           return b.download(b.attention(b.upload(qkv, {n, l, 3 * d}), heads, causal, &bias));

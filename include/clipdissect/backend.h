@@ -108,6 +108,10 @@ class Backend {
   // by the batch), when given, is added to the scaled scores before the softmax: relative position biases,
   // and padded keys masked with a large negative value.
   virtual Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias = nullptr) = 0;
+  // The same attention for the query at position 0 alone, unmasked: qkv [N, L, 3D] -> [N, D]. Query rows are
+  // independent, so this is row 0 of attention(); a model whose output needs only the class token computes
+  // its last block for that token.
+  virtual Tensor first_token_attention(const Tensor& qkv, int heads) = 0;
 
   // Summary per image of a recorded output: [N, C, H, W] -> mean or max over H, W; [N, L, D] -> token 0
   // (both modes); [N, C] unchanged. Returned on the host, [N, C] row-major.

@@ -110,6 +110,13 @@ class Describer {
     if (!target_) target_ = load_target(target_backend(), config_.target, config_.target_config);
     return *target_;
   }
+  // The similarities need neither model: their weights and the backends' pooled memory go back first.
+  void release_models() {
+    target_.reset();
+    clip_.reset();
+    target_backend_.reset();
+    clip_backend_.reset();
+  }
 
   void validate_layers();
   std::vector<PassEntry> pass_entries(bool need_clip, const std::vector<std::string>& layers) const;
@@ -405,6 +412,7 @@ DescribeResult Describer::run() {
     cache_.store("clip-text", keys_.text(), *texts);
   }
 
+  release_models();
   if (texts->cols != images->cols)
     fail("describe: the CLIP image embeddings are {} wide but the text embeddings {}; a cache entry in {} is damaged: "
          "remove the folder or run with --no-cache",

@@ -13,6 +13,7 @@
 
 #include "clipdissect/backend.h"
 #include "clipdissect/error.h"
+#include "engine/host_allocator.h"
 #include "engine/op_checks.h"
 
 namespace clipdissect {
@@ -25,13 +26,14 @@ constexpr auto kF32 = memory::data_type::f32;
 
 class CpuStorage final : public TensorStorage {
  public:
-  // `owner`, when given, is the allocation that `mem` views with another descriptor.
-  explicit CpuStorage(memory mem, memory owner = {}) : mem_(std::move(mem)), owner_(std::move(owner)) {}
+  // `mem` describes the data in `block`, which it does not own.
+  CpuStorage(memory mem, std::shared_ptr<void> block) : mem_(std::move(mem)), block_(std::move(block)) {}
   const memory& mem() const { return mem_; }
+  const std::shared_ptr<void>& block() const { return block_; }
 
  private:
   memory mem_;
-  memory owner_;
+  std::shared_ptr<void> block_;
 };
 
 Tag plain_tag(std::size_t rank) {
@@ -96,7 +98,10 @@ struct CpuNorm final : NormParams {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) { set_threads(threads); }
+  explicit CpuBackend(int threads)
+      : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), allocator_(std::make_shared<HostAllocator>(kCacheLimit)) {
+    set_threads(threads);
+  }
 
   std::string name() const override { return "cpu"; }
 
@@ -194,12 +199,12 @@ class CpuBackend final : public Backend {
                                          stride, pad, pad);
     dnnl::convolution_forward::primitive_desc pd(desc, attr, engine_);
 
-    memory src = as_layout(mem_of(x), pd.src_desc());
-    memory dst(pd.dst_desc(), engine_);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
+    const Tensor src = as_layout(x, pd.src_desc());
+    Tensor out = new_tensor(out_shape, pd.dst_desc());
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem_of(src)},
                                          {DNNL_ARG_WEIGHTS, conv_weights(conv, pd.weights_desc())},
                                          {DNNL_ARG_BIAS, conv.bias},
-                                         {DNNL_ARG_DST, dst}};
+                                         {DNNL_ARG_DST, mem_of(out)}};
     if (affine) {
       args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, conv.scale);
       args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, conv.shift);
@@ -207,7 +212,7 @@ class CpuBackend final : public Backend {
     if (residual) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(affine ? 2 : 0) | DNNL_ARG_SRC_1, res);
     dnnl::convolution_forward(pd).execute(stream_, args);
     stream_.wait();
-    return wrap(out_shape, dst);
+    return out;
   }
 
   Tensor channel_affine(const NormParams& params, const Tensor& x, Activation act) override {
@@ -237,27 +242,28 @@ class CpuBackend final : public Backend {
     dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, eltwise_algorithm(act), src.get_desc(),
                                      eltwise_alpha(act));
     dnnl::eltwise_forward::primitive_desc pd(desc, engine_);
-    memory dst(pd.dst_desc(), engine_);
-    dnnl::eltwise_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    Tensor out = new_tensor(x.shape(), pd.dst_desc());
+    dnnl::eltwise_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, mem_of(out)}});
     stream_.wait();
-    return wrap(x.shape(), dst);
+    return out;
   }
 
   Tensor add(const Tensor& a, const Tensor& b, Activation act) override {
     if (a.shape() != b.shape())
       fail("cpu backend: add of {} and {}", shape_to_string(a.shape()), shape_to_string(b.shape()));
     const memory& src0 = mem_of(a);
-    memory src1 = as_layout(mem_of(b), src0.get_desc());
+    const Tensor b_like_a = as_layout(b, src0.get_desc());
+    const memory& src1 = mem_of(b_like_a);
     dnnl::post_ops ops;
     append_activation(ops, act);
     dnnl::primitive_attr attr;
     attr.set_post_ops(ops);
     dnnl::binary::desc desc(dnnl::algorithm::binary_add, src0.get_desc(), src1.get_desc(), src0.get_desc());
     dnnl::binary::primitive_desc pd(desc, attr, engine_);
-    memory dst(pd.dst_desc(), engine_);
-    dnnl::binary(pd).execute(stream_, {{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}});
+    Tensor out = new_tensor(a.shape(), pd.dst_desc());
+    dnnl::binary(pd).execute(stream_, {{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, mem_of(out)}});
     stream_.wait();
-    return wrap(a.shape(), dst);
+    return out;
   }
 
   Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding) override {
@@ -331,13 +337,11 @@ class CpuBackend final : public Backend {
 
   Tensor grid_to_tokens(const Tensor& x) override {
     expect_rank(x, 4, "grid_to_tokens");
-    memory src = mem_of(x);
-    memory dst({src.get_desc().dims(), kF32, Tag::nhwc}, engine_);
-    dnnl::reorder(src, dst).execute(stream_, src, dst);
-    stream_.wait();
-    return wrap({x.dim(0), x.dim(2) * x.dim(3), x.dim(1)},
-                memory(plain_desc({x.dim(0), x.dim(2) * x.dim(3), x.dim(1)}), engine_, dst.get_data_handle()),
-                dst);
+    // NHWC is [N, H*W, C] row-major: the token sequence, viewed without a copy.
+    const Tensor nhwc = as_layout(x, {mem_of(x).get_desc().dims(), kF32, Tag::nhwc});
+    const Shape tokens{x.dim(0), x.dim(2) * x.dim(3), x.dim(1)};
+    return Tensor(tokens, std::make_shared<CpuStorage>(memory(plain_desc(tokens), engine_, data_of(nhwc)),
+                                                       static_cast<CpuStorage*>(nhwc.storage())->block()));
   }
 
   Tensor prepend_token(const Tensor& tokens, const Tensor& first) override {
@@ -410,58 +414,14 @@ class CpuBackend final : public Backend {
 
   Tensor attention(const Tensor& qkv, int heads, bool causal, const Tensor* score_bias) override {
     const auto [n, l, d, hd] = op_checks::attention("cpu", qkv, heads, score_bias);
-    Tensor packed = to_plain(qkv);
-    float* base = data_of(packed);
-    const Dims view_dims{n, heads, l, hd};
-    const Dims view_strides{l * 3 * d, hd, 3 * d, 1};
-    const memory::desc q_md(view_dims, kF32, view_strides);
-    const memory::desc kt_md({n, heads, hd, l}, kF32, Dims{l * 3 * d, hd, 1, 3 * d});
-    const memory::desc v_md(view_dims, kF32, view_strides);
-    const memory::desc scores_md({n, heads, l, l}, kF32, Tag::abcd);
-
-    // scores = (q k^T) / sqrt(hd) (+ causal mask) (+ score bias), softmax over keys. The additions are
-    // binary post-ops of the score matmul, in that order.
-    dnnl::primitive_attr score_attr;
-    score_attr.set_output_scales(0, {1.f / std::sqrt(static_cast<float>(hd))});
-    std::vector<memory> addends;
-    if (causal) {
-      memory mask({{1, 1, l, l}, kF32, Tag::abcd}, engine_);
-      float* m = static_cast<float*>(mask.get_data_handle());
-      for (std::int64_t i = 0; i < l; ++i)
-        for (std::int64_t j = 0; j < l; ++j) m[i * l + j] = j > i ? -std::numeric_limits<float>::infinity() : 0.f;
-      addends.push_back(mask);
-    }
-    Tensor bias_plain;
-    if (score_bias) {
-      bias_plain = to_plain(*score_bias);
-      addends.push_back(mem_of(bias_plain));
-    }
-    dnnl::post_ops ops;
-    for (const memory& addend : addends) ops.append_binary(dnnl::algorithm::binary_add, addend.get_desc());
-    score_attr.set_post_ops(ops);
-    dnnl::matmul::primitive_desc score_pd(dnnl::matmul::desc(q_md, kt_md, scores_md), score_attr, engine_);
-    memory scores(scores_md, engine_);
-    std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, memory(q_md, engine_, base)},
-                                               {DNNL_ARG_WEIGHTS, memory(kt_md, engine_, base + d)},
-                                               {DNNL_ARG_DST, scores}};
-    for (std::size_t i = 0; i < addends.size(); ++i)
-      score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(static_cast<int>(i)) | DNNL_ARG_SRC_1, addends[i]);
-    dnnl::matmul(score_pd).execute(stream_, score_args);
-
-    dnnl::softmax_forward::primitive_desc softmax_pd(
-        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, scores_md, 3), engine_);
-    dnnl::softmax_forward(softmax_pd).execute(stream_, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, scores}});
-
-    // out[n, t, h * hd + c] = sum_s p[n, h, t, s] v[n, s, h, c]
-    Tensor out = empty({n, l, d});
-    const memory::desc out_md(view_dims, kF32, Dims{l * d, hd, d, 1});
-    dnnl::matmul::primitive_desc out_pd(dnnl::matmul::desc(scores_md, v_md, out_md), engine_);
-    dnnl::matmul(out_pd).execute(stream_, {{DNNL_ARG_SRC, scores},
-                                           {DNNL_ARG_WEIGHTS, memory(v_md, engine_, base + 2 * d)},
-                                           {DNNL_ARG_DST, memory(out_md, engine_, data_of(out))}});
-    stream_.wait();
-    return out;
+    return attend(qkv, heads, l, causal, score_bias, {n, l, d});
   }
+
+  Tensor first_token_attention(const Tensor& qkv, int heads) override {
+    const auto [n, l, d, hd] = op_checks::attention("cpu", qkv, heads, nullptr);
+    return attend(qkv, heads, 1, false, nullptr, {n, d});
+  }
+
 
   std::vector<float> summarize(const Tensor& x, PoolMode mode) override {
     Tensor plain = to_plain(x);
@@ -496,31 +456,88 @@ class CpuBackend final : public Backend {
 
   static void expect_rank(const Tensor& t, int rank, const char* op) { op_checks::rank("cpu", t, rank, op); }
 
-  Tensor empty(const Shape& shape) { return wrap(shape, memory(plain_desc(shape), engine_)); }
+  // Scaled dot-product attention of the first `queries` positions over all L keys; qkv as attention() takes
+  // it, the result [N, queries, D] stored row-major under `out_shape`. A score bias needs all queries.
+  Tensor attend(const Tensor& qkv, int heads, std::int64_t queries, bool causal, const Tensor* score_bias,
+                const Shape& out_shape) {
+    const std::int64_t n = qkv.dim(0), l = qkv.dim(1), d = qkv.dim(2) / 3, hd = d / heads;
+    Tensor packed = to_plain(qkv);
+    float* base = data_of(packed);
+    const Dims query_dims{n, heads, queries, hd};
+    const Dims view_strides{l * 3 * d, hd, 3 * d, 1};
+    const memory::desc q_md(query_dims, kF32, view_strides);
+    const memory::desc kt_md({n, heads, hd, l}, kF32, Dims{l * 3 * d, hd, 1, 3 * d});
+    const memory::desc v_md({n, heads, l, hd}, kF32, view_strides);
+    const memory::desc scores_md({n, heads, queries, l}, kF32, Tag::abcd);
 
-  static Tensor wrap(const Shape& shape, memory mem) {
-    return Tensor(shape, std::make_shared<CpuStorage>(std::move(mem)));
-  }
-  // A view with another descriptor over `owner`'s buffer; keeps the owner alive.
-  static Tensor wrap(const Shape& shape, memory view, memory owner) {
-    return Tensor(shape, std::make_shared<CpuStorage>(std::move(view), std::move(owner)));
-  }
+    // scores = (q k^T) / sqrt(hd) (+ causal mask) (+ score bias), softmax over keys. The additions are
+    // binary post-ops of the score matmul, in that order.
+    dnnl::primitive_attr score_attr;
+    score_attr.set_output_scales(0, {1.f / std::sqrt(static_cast<float>(hd))});
+    std::vector<memory> addends;
+    if (causal) {
+      memory mask({{1, 1, queries, l}, kF32, Tag::abcd}, engine_);
+      float* m = static_cast<float*>(mask.get_data_handle());
+      for (std::int64_t i = 0; i < queries; ++i)
+        for (std::int64_t j = 0; j < l; ++j) m[i * l + j] = j > i ? -std::numeric_limits<float>::infinity() : 0.f;
+      addends.push_back(mask);
+    }
+    Tensor bias_plain;
+    if (score_bias) {
+      bias_plain = to_plain(*score_bias);
+      addends.push_back(mem_of(bias_plain));
+    }
+    dnnl::post_ops ops;
+    for (const memory& addend : addends) ops.append_binary(dnnl::algorithm::binary_add, addend.get_desc());
+    score_attr.set_post_ops(ops);
+    dnnl::matmul::primitive_desc score_pd(dnnl::matmul::desc(q_md, kt_md, scores_md), score_attr, engine_);
+    const Tensor score_tensor = new_tensor({n, heads, queries, l}, scores_md);
+    const memory& scores = mem_of(score_tensor);
+    std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, memory(q_md, engine_, base)},
+                                               {DNNL_ARG_WEIGHTS, memory(kt_md, engine_, base + d)},
+                                               {DNNL_ARG_DST, scores}};
+    for (std::size_t i = 0; i < addends.size(); ++i)
+      score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(static_cast<int>(i)) | DNNL_ARG_SRC_1, addends[i]);
+    dnnl::matmul(score_pd).execute(stream_, score_args);
 
-  // `mem` in layout `desc`, reordered only when it differs.
-  memory as_layout(const memory& mem, const memory::desc& desc) {
-    if (mem.get_desc() == desc) return mem;
-    memory src = mem, out(desc, engine_);
-    dnnl::reorder(src, out).execute(stream_, src, out);
+    dnnl::softmax_forward::primitive_desc softmax_pd(
+        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, scores_md, 3), engine_);
+    dnnl::softmax_forward(softmax_pd).execute(stream_, {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, scores}});
+
+    // out[n, t, h * hd + c] = sum_s p[n, h, t, s] v[n, s, h, c]
+    Tensor out = empty(out_shape);
+    const memory::desc out_md(query_dims, kF32, Dims{queries * d, hd, d, 1});
+    dnnl::matmul::primitive_desc out_pd(dnnl::matmul::desc(scores_md, v_md, out_md), engine_);
+    dnnl::matmul(out_pd).execute(stream_, {{DNNL_ARG_SRC, scores},
+                                           {DNNL_ARG_WEIGHTS, memory(v_md, engine_, base + 2 * d)},
+                                           {DNNL_ARG_DST, memory(out_md, engine_, data_of(out))}});
     stream_.wait();
     return out;
   }
 
-  Tensor to_plain(const Tensor& t) {
-    const memory& mem = mem_of(t);
-    const memory::desc plain = plain_desc(t.shape());
-    if (mem.get_desc() == plain) return t;
-    return wrap(t.shape(), as_layout(mem, plain));
+  // A tensor of `shape` stored as `desc`, in memory from the pool.
+  Tensor new_tensor(const Shape& shape, const memory::desc& desc) {
+    std::shared_ptr<void> block = allocator_->allocate(desc.get_size());
+    memory mem(desc, engine_, block.get());
+    return Tensor(shape, std::make_shared<CpuStorage>(std::move(mem), std::move(block)));
   }
+
+  Tensor empty(const Shape& shape) { return new_tensor(shape, plain_desc(shape)); }
+
+  void reorder(memory src, memory dst) {
+    dnnl::reorder(src, dst).execute(stream_, src, dst);
+    stream_.wait();
+  }
+
+  // `t` in layout `desc`, reordered only when it differs.
+  Tensor as_layout(const Tensor& t, const memory::desc& desc) {
+    if (mem_of(t).get_desc() == desc) return t;
+    Tensor out = new_tensor(t.shape(), desc);
+    reorder(mem_of(t), mem_of(out));
+    return out;
+  }
+
+  Tensor to_plain(const Tensor& t) { return as_layout(t, plain_desc(t.shape())); }
 
   static Dims conv_weight_dims(const Conv2dSpec& s) {
     if (s.groups > 1)
@@ -531,9 +548,11 @@ class CpuBackend final : public Backend {
 
   memory conv_weights(CpuConv& conv, const memory::desc& desc) {
     std::lock_guard lock(conv.mutex);
+    if (conv.weights_plain.get_desc() == desc) return conv.weights_plain;
     for (auto& [layout, mem] : conv.weights_by_layout)
       if (layout == desc) return mem;
-    memory reordered = as_layout(conv.weights_plain, desc);
+    memory reordered(desc, engine_);  // kept with the parameters, not pooled
+    reorder(conv.weights_plain, reordered);
     conv.weights_by_layout.emplace_back(desc, reordered);
     return reordered;
   }
@@ -549,10 +568,10 @@ class CpuBackend final : public Backend {
                                      memory::desc(Dims(out_shape.begin(), out_shape.end()), kF32, Tag::any), s, k, p,
                                      p);
     dnnl::pooling_forward::primitive_desc pd(desc, engine_);
-    memory dst(pd.dst_desc(), engine_);
-    dnnl::pooling_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+    Tensor out = new_tensor(out_shape, pd.dst_desc());
+    dnnl::pooling_forward(pd).execute(stream_, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, mem_of(out)}});
     stream_.wait();
-    return wrap(out_shape, dst);
+    return out;
   }
 
   // [1, C, 1, 1] for per-channel broadcasting over [N, C, H, W].
@@ -581,8 +600,13 @@ class CpuBackend final : public Backend {
     return norm;
   }
 
+  // Freed blocks kept for the next batch: about one batch of both models' largest activations at the
+  // default batch size, so the pool stops growing after the first batch.
+  static constexpr std::size_t kCacheLimit = std::size_t{1} << 30;
+
   dnnl::engine engine_;
   dnnl::stream stream_;
+  std::shared_ptr<HostAllocator> allocator_;
 };
 
 }  // namespace

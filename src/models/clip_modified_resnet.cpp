@@ -118,10 +118,9 @@ class ClipModifiedResNet final : public Network {
   Tensor attention_pool(const Tensor& x) const {
     Tensor tokens = backend_.grid_to_tokens(x);
     tokens = backend_.add_positional(backend_.prepend_token(tokens, backend_.mean_tokens(tokens)), positional_embedding_);
-    // Every query row is independent, so attending with all tokens and keeping the first is the
-    // reference's single query (the mean token).
-    Tensor attended = backend_.attention(in_proj_.front().forward(tokens), config_.vision_heads, false);
-    return c_proj_.front().forward(backend_.select_tokens(attended, std::vector<std::int64_t>(x.dim(0), 0)));
+    // The reference's single query is the mean token, at position 0.
+    return c_proj_.front().forward(
+        backend_.first_token_attention(in_proj_.front().forward(tokens), config_.vision_heads));
   }
 
   Backend& backend_;

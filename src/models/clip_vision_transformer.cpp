@@ -45,10 +45,11 @@ class ClipVisionTransformer final : public Network {
     x = backend_.add_positional(backend_.prepend_token(x, class_embedding_), positional_embedding_);
     x = ln_pre_.forward(x);
     record_if_wanted(recorder, "visual.ln_pre", x);
-    x = transformer_.forward(x, false, recorder);
-    record_if_wanted(recorder, "visual.transformer", x);
-    record_if_wanted(recorder, "visual.transformer.resblocks", x);
-    Tensor cls = ln_post_.forward(backend_.select_tokens(x, std::vector<std::int64_t>(x.dim(0), 0)));
+    // Only the class token reaches the embedding, so the last block runs for it alone.
+    Tensor cls = transformer_.forward(x, false, recorder, TokensOut::FirstOnly);
+    record_if_wanted(recorder, "visual.transformer", cls);
+    record_if_wanted(recorder, "visual.transformer.resblocks", cls);
+    cls = ln_post_.forward(cls);
     record_if_wanted(recorder, "visual.ln_post", cls);
     Tensor embedding = proj_.forward(cls);
     record_if_wanted(recorder, "visual", embedding);

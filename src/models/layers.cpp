@@ -122,19 +122,29 @@ Tensor TransformerBlock::forward(const Tensor& x, bool causal) const {
   return proj_.forward(fc_.forward(ln_2_.forward(h), act_), Activation::None, &h);
 }
 
+Tensor TransformerBlock::forward_first_token(const Tensor& x) const {
+  Tensor attended = backend_.first_token_attention(in_proj_.forward(ln_1_.forward(x)), heads_);
+  Tensor first = backend_.select_tokens(x, std::vector<std::int64_t>(x.dim(0), 0));
+  Tensor h = out_proj_.forward(attended, Activation::None, &first);
+  return proj_.forward(fc_.forward(ln_2_.forward(h), act_), Activation::None, &h);
+}
+
 Transformer::Transformer(WeightBinder& weights, Backend& backend, std::vector<std::string> block_names,
                          const TransformerBlockNames& names, int width, int heads, float eps, Activation act)
-    : block_names_(std::move(block_names)) {
+    : backend_(backend), block_names_(std::move(block_names)) {
   blocks_.reserve(block_names_.size());
   for (const std::string& block : block_names_)
     blocks_.emplace_back(weights, backend, block, names, width, heads, eps, act);
 }
 
-Tensor Transformer::forward(Tensor x, bool causal, Recorder* recorder) const {
+Tensor Transformer::forward(Tensor x, bool causal, Recorder* recorder, TokensOut out) const {
+  const bool first_only = out == TokensOut::FirstOnly;
+  if (first_only && causal) fail("transformer: the first token alone is computed without a causal mask");
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
-    x = blocks_[i].forward(x, causal);
+    x = first_only && i + 1 == blocks_.size() ? blocks_[i].forward_first_token(x) : blocks_[i].forward(x, causal);
     record_if_wanted(recorder, block_names_[i], x);
   }
+  if (first_only && blocks_.empty()) x = backend_.select_tokens(x, std::vector<std::int64_t>(x.dim(0), 0));
   return x;
 }
 

@@ -91,6 +91,9 @@ class TransformerBlock {
   TransformerBlock(WeightBinder& weights, Backend& backend, const std::string& prefix,
                    const TransformerBlockNames& names, int width, int heads, float eps, Activation act);
   Tensor forward(const Tensor& x, bool causal) const;
+  // The block's output at token 0 alone, [N, L, D] -> [N, D] (unmasked): the other tokens serve only as keys
+  // and values, so their MLP and projections are skipped.
+  Tensor forward_first_token(const Tensor& x) const;
 
  private:
   Backend& backend_;
@@ -100,15 +103,23 @@ class TransformerBlock {
   Linear in_proj_, out_proj_, fc_, proj_;
 };
 
-// A stack of blocks named "<prefix>.<i>" (or as `block_name` says); records each block's output.
+// What a Transformer's caller needs of its output.
+enum class TokensOut {
+  All,        // [N, L, D]
+  FirstOnly,  // [N, D], token 0: the last block runs for that token alone (no causal mask)
+};
+
+// A stack of blocks named "<prefix>.<i>" (or as `block_name` says); records each block's output. A recorded
+// output is summarised by its token 0, so with TokensOut::FirstOnly the last block's [N, D] records the same.
 class Transformer {
  public:
   Transformer(WeightBinder& weights, Backend& backend, std::vector<std::string> block_names,
               const TransformerBlockNames& names, int width, int heads, float eps, Activation act);
-  Tensor forward(Tensor x, bool causal, Recorder* recorder) const;
+  Tensor forward(Tensor x, bool causal, Recorder* recorder, TokensOut out = TokensOut::All) const;
   const std::vector<std::string>& block_names() const { return block_names_; }
 
  private:
+  Backend& backend_;
   std::vector<std::string> block_names_;
   std::vector<TransformerBlock> blocks_;
 };

@@ -118,12 +118,14 @@ class TorchvisionVit final : public Network {
   Tensor forward(const Tensor& images, Recorder* recorder) const override {
     Tensor patches = conv_proj_.forward(images, recorder);
     Tensor x = backend_.prepend_token(backend_.grid_to_tokens(patches), class_token_);
-    x = encoder_.forward(backend_.add_positional(x, pos_embedding_), false, recorder);
+    // Only the class token reaches the head (and a recorded token map is summarised by its class token), so
+    // the last block runs for that token alone.
+    x = encoder_.forward(backend_.add_positional(x, pos_embedding_), false, recorder, TokensOut::FirstOnly);
     record_if_wanted(recorder, "encoder.layers", x);
     x = ln_.forward(x);
     record_if_wanted(recorder, "encoder.ln", x);
     record_if_wanted(recorder, "encoder", x);
-    Tensor logits = head_.forward(backend_.select_tokens(x, std::vector<std::int64_t>(x.dim(0), 0)));
+    Tensor logits = head_.forward(x);
     record_if_wanted(recorder, "heads.head", logits);
     record_if_wanted(recorder, "heads", logits);
     return logits;

@@ -1,16 +1,8 @@
 #include "engine/cuda/allocator.h"
 
-#include <algorithm>
-
 #include "engine/cuda/cuda_check.h"
 
 namespace clipdissect::cuda {
-
-std::size_t allocation_size(std::size_t bytes) {
-  constexpr std::size_t kSmall = 512, kLarge = std::size_t{2} << 20, kLargeFrom = std::size_t{1} << 20;
-  const std::size_t unit = bytes < kLargeFrom ? kSmall : kLarge;
-  return std::max<std::size_t>(unit, (bytes + unit - 1) / unit * unit);
-}
 
 std::shared_ptr<CachingAllocator> open_device(int device) {
   int count = 0;
@@ -34,7 +26,7 @@ CachingAllocator::~CachingAllocator() {
   // may escape a destructor.
   cudaSetDevice(device_);
   cudaStreamSynchronize(compute_stream_);
-  for (auto& [size, block] : pool_) {
+  for (const Block& block : pool_.drain()) {
     cudaFree(block.ptr);
     if (block.freed) cudaEventDestroy(block.freed);
   }
@@ -43,16 +35,7 @@ CachingAllocator::~CachingAllocator() {
 
 std::shared_ptr<void> CachingAllocator::allocate(std::size_t bytes, cudaStream_t stream) {
   const std::size_t size = allocation_size(bytes);
-  Block block;
-  {
-    std::lock_guard lock(mutex_);
-    // A pooled block at most twice the request: larger ones stay for larger requests.
-    const auto found = pool_.lower_bound(size);
-    if (found != pool_.end() && found->first <= 2 * size) {
-      block = found->second;
-      pool_.erase(found);
-    }
-  }
+  Block block = pool_.take(size).value_or(Block{});
   if (!block.ptr) {
     block.bytes = size;
     CLIPDISSECT_CUDA_CHECK(cudaSetDevice(device_));
@@ -75,18 +58,15 @@ std::shared_ptr<void> CachingAllocator::allocate(std::size_t bytes, cudaStream_t
 void CachingAllocator::release(Block block) {
   // Called from a deleter: report nothing, a failed record only delays reuse to the next synchronisation.
   if (cudaEventRecord(block.freed, compute_stream_) != cudaSuccess) cudaStreamSynchronize(compute_stream_);
-  std::lock_guard lock(mutex_);
-  pool_.emplace(block.bytes, block);
+  pool_.put(block.bytes, block);
 }
 
 void CachingAllocator::free_cached() {
-  std::lock_guard lock(mutex_);
   CLIPDISSECT_CUDA_CHECK(cudaDeviceSynchronize());
-  for (auto& [size, block] : pool_) {
+  for (const Block& block : pool_.drain()) {
     CLIPDISSECT_CUDA_CHECK(cudaFree(block.ptr));
     CLIPDISSECT_CUDA_CHECK(cudaEventDestroy(block.freed));
   }
-  pool_.clear();
 }
 
 }  // namespace clipdissect::cuda

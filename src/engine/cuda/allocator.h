@@ -10,9 +10,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <map>
 #include <memory>
-#include <mutex>
+
+#include "engine/block_pool.h"
 
 namespace clipdissect::cuda {
 
@@ -41,16 +41,11 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
 
   int device_;
   cudaStream_t compute_stream_ = nullptr;
-  mutable std::mutex mutex_;
-  std::multimap<std::size_t, Block> pool_;  // by size
+  BlockPool<Block> pool_;
 };
 
 // The allocator of GPU `device` after checking that it exists: Error "no CUDA device: ..." with the CUDA
 // runtime's reason when there is none (no driver, no GPU), and one naming the count when `device` is too high.
 std::shared_ptr<CachingAllocator> open_device(int device);
-
-// Rounds a request to its size class: 512 bytes below 1 MiB, 2 MiB above, so that the same shapes map
-// to the same blocks and the pool stays small.
-std::size_t allocation_size(std::size_t bytes);
 
 }  // namespace clipdissect::cuda

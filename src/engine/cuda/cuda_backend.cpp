@@ -411,6 +411,12 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  // Every query row, then row 0: on the GPU the other rows cost little next to the rest of the block.
+  Tensor first_token_attention(const Tensor& qkv, int heads) override {
+    const Tensor all = attention(qkv, heads, false, nullptr);
+    return select_tokens(all, std::vector<std::int64_t>(all.dim(0), 0));
+  }
+
   std::vector<float> summarize(const Tensor& x, PoolMode mode) override {
     if (x.rank() == 2) return download(x);
     if (x.rank() == 3) {  // [N, L, D]: the class token, in both modes
