@@ -1,9 +1,16 @@
-// Images/s of each model's forward pass on the CPU backend (Google Benchmark).
-//   clipdissect_bench_model_forward --resnet50 FILE --clip FILE --vit FILE [--threads 2] [--batch 32] [benchmark flags]
-// bench/run_model_bench.sh makes the random-weight checkpoints and runs PyTorch in the same run.
+// Images/s of each model's forward pass on the CPU backend (Google Benchmark), and concepts/s of CLIP's text
+// tower over a whole concept list.
+//   clipdissect_bench_model_forward --resnet50 FILE --clip FILE --vit FILE [--tokens FILE] [--threads 2]
+//                                   [--batch 32] [benchmark flags]
+// --tokens: the concepts' token ids, a line each (`clipdissect tokenize`). bench/run_model_bench.sh makes the
+// random-weight checkpoints and the token file and runs PyTorch in the same run.
+#include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include <benchmark/benchmark.h>
@@ -30,6 +37,25 @@ void forward_loop(benchmark::State& state, Backend& backend, const Network& netw
   state.SetItemsProcessed(state.iterations() * batch);
 }
 
+std::vector<std::vector<std::int32_t>> read_token_rows(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::vector<std::vector<std::int32_t>> rows;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ids(line);
+    std::vector<std::int32_t> row;
+    for (std::int32_t id; ids >> id;) row.push_back(id);
+    if (!row.empty()) rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+void text_loop(benchmark::State& state, ClipModel& clip, const std::vector<std::vector<std::int32_t>>& rows) {
+  clip.encode_text({rows.begin(), rows.begin() + std::min<std::size_t>(rows.size(), 256)});  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(clip.encode_text(rows));
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(rows.size()));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -38,7 +64,8 @@ int main(int argc, char** argv) {
   std::vector<char*> rest{argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (i + 1 < argc && (arg == "--resnet50" || arg == "--clip" || arg == "--vit")) files[arg.substr(2)] = argv[++i];
+    if (i + 1 < argc && (arg == "--resnet50" || arg == "--clip" || arg == "--vit" || arg == "--tokens"))
+      files[arg.substr(2)] = argv[++i];
     else if (i + 1 < argc && arg == "--threads") threads = std::stoi(argv[++i]);
     else if (i + 1 < argc && arg == "--batch") batch = std::stoi(argv[++i]);
     else rest.push_back(argv[i]);
@@ -58,6 +85,14 @@ int main(int argc, char** argv) {
   };
   for (const auto& [name, network] : targets) add(name, *network);
   if (clip) add("clip_vit_b16_image", clip->visual());
+  std::vector<std::vector<std::int32_t>> token_rows;
+  if (clip && files.count("tokens")) {
+    token_rows = read_token_rows(files["tokens"]);
+    benchmark::RegisterBenchmark("clip_text_concepts", [&](benchmark::State& s) { text_loop(s, *clip, token_rows); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(1);
+  }
 
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());

@@ -3,9 +3,12 @@
 
   torch_baseline.py make-models OUT_DIR       random-weight resnet50.pth (torchvision) and clip_vit_b16.pt
                                               (OpenAI CLIP ViT-B/16 state dict names and shapes)
-  torch_baseline.py forward --threads 2 --batch 32 --seconds 10
-                                              images/s of torchvision resnet50 (plain and channels_last)
-                                              and vit_b_16, printed as JSON
+  torch_baseline.py forward --threads 2 --batch 32 --seconds 10 [--clip FILE --tokens FILE]
+                                              images/s of torchvision resnet50 (plain, channels_last and
+                                              mkldnn) and vit_b_16; with --clip, CLIP ViT-B/16's image tower
+                                              and concepts/s of its text tower on all 77 positions, for a
+                                              sample of the token rows in --tokens (its cost per concept does
+                                              not depend on the concept); printed as JSON
 """
 import argparse
 import json
@@ -13,7 +16,10 @@ import sys
 import time
 
 import torch
+import torch.utils.mkldnn
 import torchvision
+
+from torch_describe_baseline import Clip
 
 
 def make_models(out_dir):
@@ -59,18 +65,43 @@ def make_models(out_dir):
     torch.save(sd, f"{out_dir}/clip_vit_b16.pt")
 
 
-def images_per_second(model, batch, seconds, channels_last=False):
+def items_per_second(run, items, seconds, warm_up=None, min_runs=2):
+    with torch.inference_mode():
+        (warm_up or run)()
+        runs, start = 0, time.perf_counter()
+        while runs < min_runs or time.perf_counter() - start < seconds:
+            run()
+            runs += 1
+        return items * runs / (time.perf_counter() - start)
+
+
+def images_per_second(model, batch, seconds, layout="plain"):
     x = torch.randn(batch, 3, 224, 224)
-    if channels_last:
+    if layout == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)  # warm-up
-        runs, start = 0, time.perf_counter()
-        while runs < 2 or time.perf_counter() - start < seconds:
-            model(x)
-            runs += 1
-        return batch * runs / (time.perf_counter() - start)
+    elif layout == "mkldnn":
+        model = torch.utils.mkldnn.to_mkldnn(model)
+        x = x.to_mkldnn()
+    return items_per_second(lambda: model(x), batch, seconds)
+
+
+def clip_rates(args):
+    clip = Clip().eval()
+    clip.load_state_dict({k: v.float() for k, v in torch.load(args.clip).items()})
+    images = torch.randn(args.batch, 3, 224, 224)
+    with open(args.tokens) as f:
+        rows = [[int(t) for t in line.split()] for line in f if line.strip()][: args.text_sample]
+    tokens = torch.zeros(len(rows), 77, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    text_batch = 256  # as the end-to-end baseline encodes
+    return {
+        "clip_vit_b16_image": items_per_second(lambda: clip.encode_image(images), args.batch, args.seconds),
+        "clip_text_concepts": items_per_second(
+            lambda: [clip.encode_text(tokens[i : i + text_batch]) for i in range(0, len(tokens), text_batch)],
+            len(tokens), 0, warm_up=lambda: clip.encode_text(tokens[:text_batch]), min_runs=1),
+    }
 
 
 def forward(args):
@@ -80,9 +111,12 @@ def forward(args):
     result = {
         "torch": torch.__version__,
         "resnet50": images_per_second(resnet, args.batch, args.seconds),
-        "resnet50_channels_last": images_per_second(resnet, args.batch, args.seconds, channels_last=True),
+        "resnet50_channels_last": images_per_second(resnet, args.batch, args.seconds, "channels_last"),
+        "resnet50_mkldnn": images_per_second(resnet, args.batch, args.seconds, "mkldnn"),
         "vit_b_16": images_per_second(vit, args.batch, args.seconds),
     }
+    if args.clip:
+        result.update(clip_rates(args))
     json.dump(result, sys.stdout)
     print()
 
@@ -96,6 +130,9 @@ def main():
     fwd.add_argument("--threads", type=int, default=2)
     fwd.add_argument("--batch", type=int, default=32)
     fwd.add_argument("--seconds", type=float, default=10)
+    fwd.add_argument("--clip", help="a clip_vit_b16.pt made by make-models")
+    fwd.add_argument("--tokens", help="token ids of the concepts, a line each (clipdissect tokenize)")
+    fwd.add_argument("--text-sample", type=int, default=512, help="concepts of --tokens to encode")
     args = parser.parse_args()
     make_models(args.out_dir) if args.command == "make-models" else forward(args)
 
