@@ -129,6 +129,66 @@ TEST_P(SimilarityFixture, RankReorderMatchesUpToOnePositiveFactorPerNeuron) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SimilarityFixture, ::testing::Values("case1", "case2"));
 
+// SoftWPMI straight from its definition over the materialised N x K matrix, in double.
+std::vector<double> materialised_soft_wpmi(const std::vector<float>& images, const std::vector<float>& texts,
+                                           std::int64_t n, std::int64_t d, std::int64_t k,
+                                           const std::vector<std::vector<std::int32_t>>& tops,
+                                           const SimilarityParams& p) {
+  const auto unit = [d](const float* v) {
+    double norm = 0;
+    for (std::int64_t i = 0; i < d; ++i) norm += double(v[i]) * v[i];
+    return std::sqrt(norm);
+  };
+  std::vector<double> softmax(n * k);
+  for (std::int64_t i = 0; i < n; ++i) {
+    double max = -INFINITY, sum = 0;
+    for (std::int64_t t = 0; t < k; ++t) {
+      double dot = 0;
+      for (std::int64_t e = 0; e < d; ++e) dot += double(images[i * d + e]) * texts[t * d + e];
+      softmax[i * k + t] = p.soft_wpmi_a * dot / unit(&images[i * d]) / unit(&texts[t * d]);
+      max = std::max(max, softmax[i * k + t]);
+    }
+    for (std::int64_t t = 0; t < k; ++t) sum += (softmax[i * k + t] = std::exp(softmax[i * k + t] - max));
+    for (std::int64_t t = 0; t < k; ++t) softmax[i * k + t] /= sum;
+  }
+  const std::int64_t c_count = static_cast<std::int64_t>(tops.size());
+  const int top_k = p.soft_wpmi_top_k;
+  std::vector<double> log_p(c_count * k, 0.0), out(c_count * k);
+  for (std::int64_t c = 0; c < c_count; ++c)
+    for (int j = 0; j < top_k; ++j) {
+      const double member = p.p_start - double(j) / top_k * (p.p_start - p.p_end);
+      for (std::int64_t t = 0; t < k; ++t)
+        log_p[c * k + t] += std::log(1 + member * (softmax[tops[c][j] * k + t] - 1) + p.min_prob);
+    }
+  for (std::int64_t t = 0; t < k; ++t) {
+    double max = -INFINITY, sum = 0;
+    for (std::int64_t c = 0; c < c_count; ++c) max = std::max(max, log_p[c * k + t]);
+    for (std::int64_t c = 0; c < c_count; ++c) sum += std::exp(log_p[c * k + t] - max);
+    const double log_prior = max + std::log(sum) - std::log(double(c_count));
+    for (std::int64_t c = 0; c < c_count; ++c) out[c * k + t] = log_p[c * k + t] - p.soft_wpmi_lambda * log_prior;
+  }
+  return out;
+}
+
+// Enough concepts that one image chunk's log terms exceed the working buffer, so neurons are taken in
+// several groups per chunk: the result must not depend on the grouping.
+TEST(SoftWpmi, MatchesTheMaterialisedDefinitionWhenTermsSpanSeveralGroups) {
+  const std::int64_t n = 80, d = 8, k = 70000, c = 6;
+  const auto images = testing::random_values(n * d, 31, -1.f, 1.f);
+  const auto texts = testing::random_values(k * d, 32, -1.f, 1.f);
+  const auto activations = testing::random_values(n * c, 33, 0.f, 1.f);
+  SimilarityParams params;
+  params.soft_wpmi_top_k = 20;
+  const SimilarityInputs inputs{images, texts, activations, n, d, k, c};
+  const std::vector<float> got = compute_similarity(SimilarityFunction::SoftWpmi, inputs, params);
+  const std::vector<double> want =
+      materialised_soft_wpmi(images, texts, n, d, k, top_images(activations, n, c, params.soft_wpmi_top_k), params);
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+  EXPECT_LT(worst, 1e-3) << "largest difference from the materialised computation";
+}
+
 TEST(TopImages, DescendingAndTheSameAsTorchTopkOnTies) {
   // Two neurons over five images.
   const std::vector<float> act{1, 5, 3, 3, 2, 2, 3, 1, 0, 9};

@@ -20,6 +20,7 @@ namespace {
 constexpr std::int64_t kImageChunk = 64;      // image rows of the image-concept matrix at once (WPMI family)
 constexpr std::int64_t kScoreChunk = 256;     // the same for the cosine passes
 constexpr std::int64_t kConceptBlock = 1024;  // concept columns at once (rank reorder)
+constexpr std::int64_t kTermValues = std::int64_t{8} << 20;  // log terms at once (WPMI family): 32 MB, about L3
 
 struct NamedFunction {
   std::string_view name;
@@ -127,6 +128,44 @@ std::vector<float> weighted_pmi_on_gpu(const SimilarityInputs& in, const ClipSco
 }
 #endif
 
+// Per neuron: its (row in the image chunk, rank) pairs.
+using ChunkMembers = std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>>;
+
+// log_p[c] += log(term) summed over neuron c's pairs in the chunk, for neurons [first, last): one row of K terms
+// per pair, laid out neuron by neuron, then one vectorised log over all of them. The sums run in the same order
+// whatever the grouping.
+void add_log_terms(const float* chunk, std::int64_t k_count, const ChunkMembers& by_neuron, std::int64_t first,
+                   std::int64_t last, const std::vector<float>* membership, float min_prob, std::vector<float>& terms,
+                   std::vector<double>& log_p) {
+  std::vector<std::int64_t> first_term(last - first + 1, 0);
+  for (std::int64_t c = first; c < last; ++c)
+    first_term[c - first + 1] = first_term[c - first] + static_cast<std::int64_t>(by_neuron[c].size());
+  terms.resize(static_cast<std::size_t>(first_term.back() * k_count));
+#pragma omp parallel for schedule(dynamic, 4)
+  for (std::int64_t c = first; c < last; ++c)
+    for (std::size_t m = 0; m < by_neuron[c].size(); ++m) {
+      const auto [row, j] = by_neuron[c][m];
+      const float* s = chunk + static_cast<std::int64_t>(row) * k_count;
+      float* t = terms.data() + (first_term[c - first] + static_cast<std::int64_t>(m)) * k_count;
+      if (membership) {
+        // 1 + p * (s - 1), then + min_prob: the reference's float32 operations in its order.
+        const float p = (*membership)[j];
+        for (std::int64_t k = 0; k < k_count; ++k) t[k] = 1.0f + p * (s[k] - 1.0f) + min_prob;
+      } else {
+        for (std::int64_t k = 0; k < k_count; ++k) t[k] = s[k] + min_prob;
+      }
+    }
+  log_inplace(terms.data(), terms.size());
+#pragma omp parallel for schedule(dynamic, 4)
+  for (std::int64_t c = first; c < last; ++c) {
+    double* acc = log_p.data() + c * k_count;
+    for (std::int64_t m = first_term[c - first]; m < first_term[c - first + 1]; ++m) {
+      const float* t = terms.data() + m * k_count;
+      for (std::int64_t k = 0; k < k_count; ++k) acc[k] += t[k];
+    }
+  }
+}
+
 // SoftWPMI and WPMI: log p(concept | top images of neuron) summed over the top images (weighted by
 // rank membership p_j for SoftWPMI), minus lambda * log p(concept), where p(concept) averages over
 // the layer's neurons (logsumexp).
@@ -153,40 +192,22 @@ std::vector<float> weighted_pmi(const SimilarityInputs& in, const ClipScores& sc
 
   std::vector<double> log_p(c_count * k_count, 0.0);
   std::vector<float> chunk(kImageChunk * k_count), terms;
-  std::vector<std::vector<std::pair<std::int32_t, std::int32_t>>> by_neuron(c_count);  // (row in chunk, rank)
+  ChunkMembers by_neuron(c_count);
   for (std::size_t start = 0; start < needed.size(); start += kImageChunk) {
     const auto rows = std::span<const std::int32_t>(needed).subspan(start, std::min<std::size_t>(kImageChunk, needed.size() - start));
     scores.rows(rows, 0, k_count, chunk.data());
     scaled_softmax_rows(chunk.data(), static_cast<std::int64_t>(rows.size()), k_count, a);
-    // One row of log terms per (neuron, top image) pair in this chunk, laid out neuron by neuron.
     for (auto& list : by_neuron) list.clear();
     for (std::size_t i = 0; i < rows.size(); ++i)
       for (const auto& [c, j] : members[rows[i]]) by_neuron[c].emplace_back(static_cast<std::int32_t>(i), j);
-    std::vector<std::int64_t> first_term(c_count + 1, 0);
-    for (std::int64_t c = 0; c < c_count; ++c) first_term[c + 1] = first_term[c] + static_cast<std::int64_t>(by_neuron[c].size());
-    terms.resize(static_cast<std::size_t>(first_term[c_count] * k_count));
-#pragma omp parallel for schedule(dynamic, 4)
-    for (std::int64_t c = 0; c < c_count; ++c)
-      for (std::size_t m = 0; m < by_neuron[c].size(); ++m) {
-        const auto [row, j] = by_neuron[c][m];
-        const float* s = chunk.data() + static_cast<std::int64_t>(row) * k_count;
-        float* t = terms.data() + (first_term[c] + static_cast<std::int64_t>(m)) * k_count;
-        if (membership) {
-          // 1 + p * (s - 1), then + min_prob: the reference's float32 operations in its order.
-          const float p = (*membership)[j];
-          for (std::int64_t k = 0; k < k_count; ++k) t[k] = 1.0f + p * (s[k] - 1.0f) + min_prob;
-        } else {
-          for (std::int64_t k = 0; k < k_count; ++k) t[k] = s[k] + min_prob;
-        }
-      }
-    log_inplace(terms.data(), terms.size());
-#pragma omp parallel for schedule(dynamic, 4)
-    for (std::int64_t c = 0; c < c_count; ++c) {
-      double* acc = log_p.data() + c * k_count;
-      for (std::int64_t m = first_term[c]; m < first_term[c + 1]; ++m) {
-        const float* t = terms.data() + m * k_count;
-        for (std::int64_t k = 0; k < k_count; ++k) acc[k] += t[k];
-      }
+    // Neurons in groups whose term rows fit the budget (a neuron has at most one row per image of the chunk).
+    const std::int64_t group_rows = std::max(kImageChunk, kTermValues / std::max<std::int64_t>(k_count, 1));
+    for (std::int64_t first = 0; first < c_count;) {
+      std::int64_t last = first, group_size = 0;
+      while (last < c_count && group_size + static_cast<std::int64_t>(by_neuron[last].size()) <= group_rows)
+        group_size += static_cast<std::int64_t>(by_neuron[last++].size());
+      add_log_terms(chunk.data(), k_count, by_neuron, first, last, membership, min_prob, terms, log_p);
+      first = last;
     }
   }
 
