@@ -63,13 +63,14 @@ TEST_F(DescribeInterrupted, InterruptSavesTheImagePassAndTheNextRunContinuesIt) 
   const fs::path out = dir_.path() / "out", cache = dir_.path() / "cache", err = dir_.path() / "interrupted.err";
   bool continued = false;
   // The signal must land inside the image pass, after model loading: try later and later.
-  for (double fraction : {0.2, 0.35, 0.5, 0.65}) {
+  for (double fraction : {0.2, 0.35, 0.5, 0.65, 0.8}) {
     fs::remove_all(cache);
     fs::remove_all(out);
     const pid_t pid = spawn(testing::cli_command(cached_args(out, "layer3,layer4,fc")), err);
     std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<std::int64_t>(fraction * whole_run.count())));
     ::kill(pid, SIGINT);
     const int status = wait_for(pid);
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) continue;  // before the handler was installed: later
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << "status " << status << testing::read_file(err);
     EXPECT_NE(testing::read_file(err).find("interrupted; "), std::string::npos) << testing::read_file(err);
     EXPECT_FALSE(fs::exists(out / "run.json"));
@@ -97,10 +98,11 @@ TEST_F(DescribeInterrupted, SecondInterruptEndsTheRunAtOnce) {
   reference_csv("layer4");
   const auto whole_run = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   const fs::path err = dir_.path() / "err";
-  // The first interrupt must land while the run works, the second before the run stops on its own at the next
-  // safe point: the second follows as soon as the handler has said it took the first. Earlier and earlier tries.
+  // The first interrupt must land while the run works (not before the handler exists, not after the run), the
+  // second before the run stops on its own at the next safe point: it follows as soon as the handler has said it
+  // took the first. Earlier and earlier tries.
   bool ended_by_second = false;
-  for (double fraction : {0.4, 0.25, 0.1}) {
+  for (double fraction : {0.5, 0.35, 0.2, 0.1}) {
     fs::remove_all(dir_.path() / "out");
     const pid_t pid = spawn(testing::cli_command(cached_args(dir_.path() / "out", "layer4")), err);
     std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<std::int64_t>(fraction * whole_run.count())));
@@ -111,7 +113,6 @@ TEST_F(DescribeInterrupted, SecondInterruptEndsTheRunAtOnce) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     // The first interrupt was the handler's (it said so); only then can the second be the default action's.
     const bool handled = testing::read_file(err).find("interrupt again to quit at once") != std::string::npos;
-    EXPECT_TRUE(handled) << testing::read_file(err);
     ::kill(pid, SIGINT);
     const int status = wait_for(pid);
     EXPECT_FALSE(fs::exists(dir_.path() / "out" / "run.json"));
