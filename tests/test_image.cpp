@@ -233,6 +233,28 @@ TEST(ImageResize, SameSizeIsACopyAndConstantsStayConstant) {
   }
 }
 
+// Windows of every shape, including output sizes equal to the source's along one axis (no pass there).
+TEST(ImageResize, AWindowHasTheFullResizesPixels) {
+  const RgbImage source = numbered_image(37, 23);
+  for (ResizeFilter filter : {ResizeFilter::Bilinear, ResizeFilter::Bicubic}) {
+    for (auto [w, h] : {std::pair{16, 11}, std::pair{37, 9}, std::pair{50, 23}, std::pair{90, 70}}) {
+      const RgbImage full = resize(source, w, h, filter);
+      for (const PixelWindow window : {PixelWindow{0, 0, w, h}, PixelWindow{3, 2, w - 5, h - 4},
+                                       PixelWindow{w - 1, h - 1, 1, 1}, PixelWindow{1, 0, 2, h}}) {
+        const RgbImage part = resize_window(source, w, h, filter, window);
+        ASSERT_EQ(part.width, window.width);
+        ASSERT_EQ(part.height, window.height);
+        for (int y = 0; y < window.height; ++y)
+          for (int x = 0; x < window.width; ++x)
+            ASSERT_EQ(pixel(part, x, y), pixel(full, x + window.left, y + window.top))
+                << w << "x" << h << " window at " << window.left << "," << window.top << ", pixel " << x << "," << y;
+      }
+    }
+    EXPECT_THROW(resize_window(source, 10, 10, filter, {5, 0, 6, 10}), Error);  // past the right edge
+    EXPECT_THROW(resize_window(source, 10, 10, filter, {0, 0, 0, 10}), Error);  // empty
+  }
+}
+
 TEST(ImageResize, ShorterSideTruncatesTheLongerSide) {
   const RgbImage source = numbered_image(1024, 683);
   const RgbImage out = resize_shorter_side(source, 256, ResizeFilter::Bilinear);

@@ -18,10 +18,10 @@ class ProbeTest : public ::testing::Test {
  protected:
 
   // A copy of a fixture image at `relative` inside the temp dir.
-  fs::path image_at(const std::string& relative) {
+  fs::path image_at(const std::string& relative, const std::string& source = "Zebra_stripes/02_jpg_224x224.jpg") {
     const fs::path path = dir_ / relative;
     fs::create_directories(path.parent_path());
-    fs::copy_file(fixture("images/Zebra_stripes/02_jpg_224x224.jpg"), path);
+    fs::copy_file(fixture("images/" + source), path);
     return path;
   }
 
@@ -166,17 +166,27 @@ TEST_F(ProbeTest, CifarPythonReleaseLoadsWithoutRunningAnything) {
 TEST_F(ProbeTest, UnreadableImagesAreReportedNotThrownByBatches) {
   image_at("set/a.jpg");
   std::ofstream(dir_ / "set" / "b.jpg") << "garbage";
-  image_at("set/c.jpg");
+  image_at("set/c.jpg", "Zebra_stripes/00_jpg_500x375.jpg");
+  image_at("set/d.jpg", "Zebra_stripes/01_jpg_375x500.jpg");
   const ProbeSet probe = ProbeSet::open(dir_ / "set");
   const Preprocess both[] = {clip_preprocess(224), imagenet_preprocess()};
-  const PreprocessedBatch batch = preprocess_batch(probe, 0, 3, both);
-  EXPECT_EQ(batch.images, (std::vector<std::size_t>{0, 2}));
+  const PreprocessedBatch batch = preprocess_batch(probe, 0, 4, both);
+  EXPECT_EQ(batch.images, (std::vector<std::size_t>{0, 2, 3}));
   ASSERT_EQ(batch.failures.size(), 1u);
   EXPECT_EQ(batch.failures[0].first, 1u);
   EXPECT_NE(batch.failures[0].second.find("b.jpg"), std::string::npos);
   ASSERT_EQ(batch.pixels.size(), 2u);
-  EXPECT_EQ(batch.pixels[0].size(), 2u * 3 * 224 * 224);
-  EXPECT_EQ(batch.pixels[1].size(), 2u * 3 * 224 * 224);
+  // Each image's rows, in order after the gap: the same values as preprocessing it alone.
+  constexpr std::size_t kFloats = 3 * 224 * 224;
+  for (std::size_t p = 0; p < 2; ++p) {
+    ASSERT_EQ(batch.pixels[p].size(), 3 * kFloats);
+    for (std::size_t row = 0; row < 3; ++row) {
+      std::vector<float> alone(kFloats);
+      normalize_to_chw(apply_geometry(probe.load(batch.images[row]), both[p]), both[p], alone);
+      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), batch.pixels[p].begin() + row * kFloats))
+          << "pipeline " << p << ", row " << row;
+    }
+  }
 }
 
 TEST_F(ProbeTest, MissingAndEmptySourcesAreErrors) {

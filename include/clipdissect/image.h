@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace clipdissect {
@@ -28,8 +29,21 @@ enum class ResizeFilter { Bilinear, Bicubic };
 
 // torchvision Resize(size) on the shorter side (long side truncated), then PIL's antialiased resize.
 RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filter);
+// The {width, height} that torchvision's Resize(size) gives `image`.
+std::pair<int, int> shorter_side_size(const RgbImage& image, int size);
 // PIL Image.resize((width, height), filter).
 RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter);
+
+// Columns [left, left + width) and rows [top, top + height) of an image.
+struct PixelWindow {
+  int left = 0;
+  int top = 0;
+  int width = 0;
+  int height = 0;
+};
+// The pixels inside `window` of resize(image, width, height, filter), computed alone: every output pixel
+// depends only on its own position, so they are the same values, at the cost of the window only.
+RgbImage resize_window(const RgbImage& image, int width, int height, ResizeFilter filter, const PixelWindow& window);
 // torchvision CenterCrop(size) with round-half-to-even offsets.
 RgbImage center_crop(const RgbImage& image, int size);
 // Where that crop starts along an axis of `length` pixels: int(round((length - crop) / 2.0)) with Python's

@@ -72,7 +72,18 @@ Preprocess imagenet_preprocess() {
 }
 
 RgbImage apply_geometry(const RgbImage& image, const Preprocess& preprocess) {
-  return center_crop(resize_shorter_side(image, preprocess.resize, preprocess.filter), preprocess.crop);
+  if (preprocess.crop <= 0) fail("center_crop: crop size must be positive, got {}", preprocess.crop);
+  const auto [width, height] = shorter_side_size(image, preprocess.resize);
+  // Only the resized pixels that the crop keeps are computed; along an axis shorter than the crop that is
+  // all of them, and center_crop pads them as before.
+  const auto kept = [&](int length) {
+    const int begin = std::max(0, center_crop_offset(length, preprocess.crop));
+    return std::pair{begin, std::min(length, begin + preprocess.crop) - begin};
+  };
+  const auto [left, kept_width] = kept(width);
+  const auto [top, kept_height] = kept(height);
+  return center_crop(resize_window(image, width, height, preprocess.filter, {left, top, kept_width, kept_height}),
+                     preprocess.crop);
 }
 
 void normalize_to_chw(const RgbImage& cropped, const Preprocess& preprocess, std::span<float> out) {

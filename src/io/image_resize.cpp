@@ -43,8 +43,9 @@ std::int32_t to_fixed_point(double weight) {
   return static_cast<std::int32_t>(weight < 0 ? scaled - 0.5 : scaled + 0.5);
 }
 
-// Pillow's precompute_coeffs followed by normalize_coeffs_8bpc.
-PassCoefficients compute_coefficients(int in_size, int out_size, ResizeFilter filter) {
+// Pillow's precompute_coeffs followed by normalize_coeffs_8bpc, for output samples [begin, end) of `out_size`:
+// each sample's weights depend only on its own position.
+PassCoefficients compute_coefficients(int in_size, int out_size, ResizeFilter filter, int begin, int end) {
   const bool bicubic = filter == ResizeFilter::Bicubic;
   const double scale = static_cast<double>(in_size) / out_size;
   const double filter_scale = std::max(scale, 1.0);
@@ -53,11 +54,11 @@ PassCoefficients compute_coefficients(int in_size, int out_size, ResizeFilter fi
 
   PassCoefficients pass;
   pass.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
-  pass.first.resize(out_size);
-  pass.count.resize(out_size);
-  pass.weights.assign(static_cast<std::size_t>(out_size) * pass.taps, 0);
+  pass.first.resize(end - begin);
+  pass.count.resize(end - begin);
+  pass.weights.assign(static_cast<std::size_t>(end - begin) * pass.taps, 0);
   std::vector<double> weights(pass.taps);
-  for (int out = 0; out < out_size; ++out) {
+  for (int out = begin; out < end; ++out) {
     const double center = (out + 0.5) * scale;
     const int first = std::max(static_cast<int>(center - support + 0.5), 0);
     const int count = std::min(static_cast<int>(center + support + 0.5), in_size) - first;
@@ -67,10 +68,10 @@ PassCoefficients compute_coefficients(int in_size, int out_size, ResizeFilter fi
       weights[i] = bicubic ? bicubic_filter(x) : bilinear_filter(x);
       total += weights[i];
     }
-    std::int32_t* fixed = &pass.weights[static_cast<std::size_t>(out) * pass.taps];
+    std::int32_t* fixed = &pass.weights[static_cast<std::size_t>(out - begin) * pass.taps];
     for (int i = 0; i < count; ++i) fixed[i] = to_fixed_point(total != 0.0 ? weights[i] / total : weights[i]);
-    pass.first[out] = first;
-    pass.count[out] = std::max(count, 0);
+    pass.first[out - begin] = first;
+    pass.count[out - begin] = std::max(count, 0);
   }
   return pass;
 }
@@ -127,7 +128,7 @@ RgbImage resample_vertical(const RgbImage& source, int row_offset, const PassCoe
   return out;
 }
 
-void check_resize_arguments(const RgbImage& image, int width, int height) {
+void check_resize_arguments(const RgbImage& image, int width, int height, const PixelWindow& window) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<std::size_t>(image.width) * image.height * 3) {
     fail("resize: invalid source image {}x{} with {} bytes (expected width * height * 3)", image.width,
@@ -138,27 +139,53 @@ void check_resize_arguments(const RgbImage& image, int width, int height) {
     fail("resize: invalid target size {}x{} (expected positive, at most {} pixels)", width, height,
          detail::kMaxImagePixels);
   }
+  if (window.left < 0 || window.top < 0 || window.width <= 0 || window.height <= 0 ||
+      window.width > width - window.left || window.height > height - window.top) {
+    fail("resize: window {}x{} at ({}, {}) is not a non-empty part of the {}x{} output", window.width, window.height,
+         window.left, window.top, width, height);
+  }
+}
+
+// Columns [left, left + width) of rows [row_begin, row_end).
+RgbImage copy_columns(const RgbImage& image, int row_begin, int row_end, int left, int width) {
+  RgbImage out;
+  out.width = width;
+  out.height = row_end - row_begin;
+  out.pixels.resize(static_cast<std::size_t>(width) * out.height * 3);
+  for (int y = row_begin; y < row_end; ++y) {
+    std::copy_n(image.pixels.begin() + (static_cast<std::size_t>(y) * image.width + left) * 3,
+                static_cast<std::size_t>(width) * 3, out.pixels.begin() + static_cast<std::size_t>(y - row_begin) * width * 3);
+  }
+  return out;
 }
 
 }  // namespace
 
-RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter) {
-  check_resize_arguments(image, width, height);
-  if (width == image.width && height == image.height) return image;
-  if (height == image.height) {
-    return resample_horizontal(image, 0, image.height, compute_coefficients(image.width, width, filter));
+RgbImage resize_window(const RgbImage& image, int width, int height, ResizeFilter filter, const PixelWindow& window) {
+  check_resize_arguments(image, width, height, window);
+  // Pillow skips the pass of an axis whose size does not change.
+  const bool horizontal = width != image.width, vertical = height != image.height;
+  int row_begin = window.top, row_end = window.top + window.height;
+  PassCoefficients rows_pass;
+  if (vertical) {
+    rows_pass = compute_coefficients(image.height, height, filter, window.top, window.top + window.height);
+    // Only the source rows that the vertical pass reads go through the horizontal pass.
+    row_begin = rows_pass.first.front();
+    row_end = rows_pass.first.back() + rows_pass.count.back();
   }
-  const PassCoefficients vertical = compute_coefficients(image.height, height, filter);
-  if (width == image.width) return resample_vertical(image, 0, vertical);
-  // Only the source rows that the vertical pass reads go through the horizontal pass.
-  const int row_begin = vertical.first.front();
-  const int row_end = vertical.first.back() + vertical.count.back();
-  const RgbImage narrowed =
-      resample_horizontal(image, row_begin, row_end, compute_coefficients(image.width, width, filter));
-  return resample_vertical(narrowed, row_begin, vertical);
+  RgbImage columns_done =
+      horizontal ? resample_horizontal(image, row_begin, row_end,
+                                       compute_coefficients(image.width, width, filter, window.left,
+                                                            window.left + window.width))
+                 : copy_columns(image, row_begin, row_end, window.left, window.width);
+  return vertical ? resample_vertical(columns_done, row_begin, rows_pass) : columns_done;
 }
 
-RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filter) {
+RgbImage resize(const RgbImage& image, int width, int height, ResizeFilter filter) {
+  return resize_window(image, width, height, filter, PixelWindow{0, 0, width, height});
+}
+
+std::pair<int, int> shorter_side_size(const RgbImage& image, int size) {
   if (size <= 0) fail("resize: shorter side must be positive, got {}", size);
   const bool portrait = image.width <= image.height;
   const int shorter = portrait ? image.width : image.height;
@@ -170,7 +197,12 @@ RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filte
     fail("resize: {}x{} scaled to a shorter side of {} is too large", image.width, image.height, size);
   }
   const int new_longer = static_cast<int>(exact_longer);
-  return portrait ? resize(image, size, new_longer, filter) : resize(image, new_longer, size, filter);
+  return portrait ? std::pair{size, new_longer} : std::pair{new_longer, size};
+}
+
+RgbImage resize_shorter_side(const RgbImage& image, int size, ResizeFilter filter) {
+  const auto [width, height] = shorter_side_size(image, size);
+  return resize(image, width, height, filter);
 }
 
 }  // namespace clipdissect

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "clipdissect/error.h"
@@ -167,33 +168,38 @@ std::string ProbeSet::fingerprint() const {
 
 PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std::size_t count,
                                    std::span<const Preprocess> preprocesses) {
-  std::vector<std::vector<std::vector<float>>> per_image(count);
-  std::vector<std::string> errors(count);
+  // Image i writes straight into slot i of each output; an image that fails leaves its slots to be closed up.
+  PreprocessedBatch batch;
+  std::vector<std::size_t> floats_per_image;
+  for (const Preprocess& preprocess : preprocesses) {
+    floats_per_image.push_back(static_cast<std::size_t>(3) * preprocess.crop * preprocess.crop);
+    batch.pixels.emplace_back(count * floats_per_image.back());
+  }
+  const auto slot = [&](std::size_t p, std::size_t i) {
+    return std::span(batch.pixels[p]).subspan(i * floats_per_image[p], floats_per_image[p]);
+  };
+  std::vector<std::optional<std::string>> errors(count);
 #pragma omp parallel for schedule(dynamic)
   for (std::size_t i = 0; i < count; ++i) {
     try {
       const RgbImage image = probe.load(first + i);
-      for (const Preprocess& preprocess : preprocesses) {
-        std::vector<float> pixels(static_cast<std::size_t>(3) * preprocess.crop * preprocess.crop);
-        normalize_to_chw(apply_geometry(image, preprocess), preprocess, pixels);
-        per_image[i].push_back(std::move(pixels));
-      }
+      for (std::size_t p = 0; p < preprocesses.size(); ++p)
+        normalize_to_chw(apply_geometry(image, preprocesses[p]), preprocesses[p], slot(p, i));
     } catch (const std::exception& e) {
       errors[i] = e.what();
-      per_image[i].clear();
     }
   }
-  PreprocessedBatch batch;
-  batch.pixels.resize(preprocesses.size());
   for (std::size_t i = 0; i < count; ++i) {
-    if (per_image[i].empty()) {
-      batch.failures.emplace_back(first + i, errors[i]);
+    if (errors[i]) {
+      batch.failures.emplace_back(first + i, std::move(*errors[i]));
       continue;
     }
+    const std::size_t kept = batch.images.size();
+    if (kept != i)
+      for (std::size_t p = 0; p < preprocesses.size(); ++p) std::ranges::copy(slot(p, i), slot(p, kept).begin());
     batch.images.push_back(first + i);
-    for (std::size_t p = 0; p < preprocesses.size(); ++p)
-      batch.pixels[p].insert(batch.pixels[p].end(), per_image[i][p].begin(), per_image[i][p].end());
   }
+  for (std::size_t p = 0; p < preprocesses.size(); ++p) batch.pixels[p].resize(batch.images.size() * floats_per_image[p]);
   return batch;
 }
 
