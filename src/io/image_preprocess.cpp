@@ -21,6 +21,14 @@ void check_image(const RgbImage& image, const char* what) {
   }
 }
 
+// ToTensor (u8 / 255 in float32) then Normalize ((x - mean) / std in float32) of every third byte: the same
+// float operations as torchvision's, in a loop the compiler vectorises (the AVX2 clone 8 lanes at a time).
+__attribute__((target_clones("avx2", "default"))) void normalize_plane(const std::uint8_t* interleaved,
+                                                                        std::size_t count, float mean, float std_dev,
+                                                                        float* out) {
+  for (std::size_t i = 0; i < count; ++i) out[i] = (static_cast<float>(interleaved[i * 3]) / 255.0f - mean) / std_dev;
+}
+
 }  // namespace
 
 int center_crop_offset(int length, int crop) {
@@ -93,16 +101,9 @@ void normalize_to_chw(const RgbImage& cropped, const Preprocess& preprocess, std
     fail("normalize_to_chw: got a {}x{} image and {} output floats (expected {}x{} and {})", cropped.width,
          cropped.height, out.size(), preprocess.crop, preprocess.crop, 3 * plane);
   }
-  for (std::size_t channel = 0; channel < 3; ++channel) {
-    // ToTensor (u8 / 255 in float32) then Normalize ((x - mean) / std in float32), tabulated per byte value.
-    std::array<float, 256> normalized{};
-    for (int value = 0; value < 256; ++value) {
-      const float x = static_cast<float>(value) / 255.0f;
-      normalized[value] = (x - preprocess.mean[channel]) / preprocess.std[channel];
-    }
-    float* dst = out.data() + channel * plane;
-    for (std::size_t i = 0; i < plane; ++i) dst[i] = normalized[cropped.pixels[i * 3 + channel]];
-  }
+  for (std::size_t channel = 0; channel < 3; ++channel)
+    normalize_plane(cropped.pixels.data() + channel, plane, preprocess.mean[channel], preprocess.std[channel],
+                    out.data() + channel * plane);
 }
 
 }  // namespace clipdissect

@@ -80,35 +80,52 @@ std::uint8_t clip8(std::int32_t accumulator) {
   return static_cast<std::uint8_t>(std::clamp(accumulator >> kPrecisionBits, 0, 255));
 }
 
-// Resamples rows [row_begin, row_end) of `source` horizontally.
-RgbImage resample_horizontal(const RgbImage& source, int row_begin, int row_end, const PassCoefficients& pass) {
+// Rows that the horizontal pass resamples together.
+constexpr int kRowBlock = 8;
+
+// Resamples rows [row_begin, row_end) of `source` horizontally. The rows go through in blocks of kRowBlock,
+// each held column by column ([column][channel][row], int32) so that one weight multiplies the same sample of
+// every row of the block at once: loops the compiler vectorises, with the same exact integer sums.
+// The AVX2 clone has 8-lane 32-bit multiplies, which SSE2 lacks.
+__attribute__((target_clones("avx2", "default"))) RgbImage resample_horizontal(const RgbImage& source,
+                                                                                int row_begin, int row_end,
+                                                                                const PassCoefficients& pass) {
+  constexpr int kLanes = 3 * kRowBlock;
   RgbImage out;
   out.width = static_cast<int>(pass.first.size());
   out.height = row_end - row_begin;
   out.pixels.resize(static_cast<std::size_t>(out.width) * out.height * 3);
-  const std::size_t in_stride = static_cast<std::size_t>(source.width) * 3;
-  std::uint8_t* dst = out.pixels.data();
-  for (int y = row_begin; y < row_end; ++y) {
-    const std::uint8_t* row = source.pixels.data() + y * in_stride;
-    for (int x = 0; x < out.width; ++x, dst += 3) {
-      const std::uint8_t* src = row + static_cast<std::size_t>(pass.first[x]) * 3;
+  // The source columns the pass reads.
+  const int column_begin = pass.first.front(), column_end = pass.first.back() + pass.count.back();
+  std::vector<std::int32_t> block(static_cast<std::size_t>(column_end - column_begin) * kLanes);
+  for (int y0 = row_begin; y0 < row_end; y0 += kRowBlock) {
+    const int rows = std::min(kRowBlock, row_end - y0);
+    const std::uint8_t* row[kRowBlock];
+    for (int r = 0; r < kRowBlock; ++r)  // a partial block repeats its last row
+      row[r] = source.pixels.data() + (static_cast<std::size_t>(y0 + std::min(r, rows - 1)) * source.width + column_begin) * 3;
+    for (int x = 0; x < column_end - column_begin; ++x)
+      for (int c = 0; c < 3; ++c)
+        for (int r = 0; r < kRowBlock; ++r) block[static_cast<std::size_t>(x) * kLanes + c * kRowBlock + r] = row[r][x * 3 + c];
+    for (int x = 0; x < out.width; ++x) {
+      std::int32_t sums[kLanes];
+      std::fill(std::begin(sums), std::end(sums), kRoundingBias);
       const std::int32_t* weights = &pass.weights[static_cast<std::size_t>(x) * pass.taps];
-      std::int32_t r = kRoundingBias, g = kRoundingBias, b = kRoundingBias;
-      for (int i = 0; i < pass.count[x]; ++i, src += 3) {
-        r += src[0] * weights[i];
-        g += src[1] * weights[i];
-        b += src[2] * weights[i];
+      const std::int32_t* column = block.data() + static_cast<std::size_t>(pass.first[x] - column_begin) * kLanes;
+      for (int i = 0; i < pass.count[x]; ++i, column += kLanes)
+        for (int lane = 0; lane < kLanes; ++lane) sums[lane] += column[lane] * weights[i];
+      std::uint8_t bytes[kLanes];
+      for (int lane = 0; lane < kLanes; ++lane) bytes[lane] = clip8(sums[lane]);
+      for (int r = 0; r < rows; ++r) {
+        std::uint8_t* dst = out.pixels.data() + (static_cast<std::size_t>(y0 - row_begin + r) * out.width + x) * 3;
+        for (int c = 0; c < 3; ++c) dst[c] = bytes[c * kRowBlock + r];
       }
-      dst[0] = clip8(r);
-      dst[1] = clip8(g);
-      dst[2] = clip8(b);
     }
   }
   return out;
 }
 
 // Resamples vertically; `source` row 0 is input row `row_offset` (rows before it were not needed).
-RgbImage resample_vertical(const RgbImage& source, int row_offset, const PassCoefficients& pass) {
+__attribute__((target_clones("avx2", "default"))) RgbImage resample_vertical(const RgbImage& source, int row_offset, const PassCoefficients& pass) {
   RgbImage out;
   out.width = source.width;
   out.height = static_cast<int>(pass.first.size());
