@@ -206,6 +206,22 @@ TEST_F(CpuBackendTest, AttentionAddsScoreBiasPerSequenceOrShared) {
   EXPECT_THROW(backend->attention(packed, heads, false, &wrong), Error);
 }
 
+// Host buffers come from the tensors' pool: one dropped after its upload serves the next request, and the
+// tensor it was uploaded to keeps its own values.
+TEST_F(CpuBackendTest, HostBufferReusedAfterItsUploadLeavesTheTensorAlone) {
+  const auto values = random_values(5000, 40);
+  HostBuffer buffer = backend->host_buffer(values.size());
+  ASSERT_EQ(buffer.size(), values.size());
+  std::copy(values.begin(), values.end(), buffer.begin());
+  const Tensor uploaded = backend->upload(buffer, {50, 100});
+  const float* address = buffer.data();
+  buffer = HostBuffer();
+  const HostBuffer next = backend->host_buffer(values.size());
+  EXPECT_EQ(next.data(), address) << "the pool did not hand the memory out again";
+  std::fill(next.begin(), next.end(), -1.f);
+  EXPECT_EQ(backend->download(uploaded), values);
+}
+
 TEST_F(CpuBackendTest, PoolingAndSummaries) {
   const int n = 2, c = 3, h = 6, w = 4;
   auto x = random_values(n * c * h * w, 18);

@@ -146,6 +146,31 @@ TEST_F(CudaOps, LinearLayerNormAndTokenOps) {
   EXPECT_THROW(gpu_->select_tokens(gpu_->upload(x, tokens), std::vector<std::int64_t>{6, 0}), Error);
 }
 
+// A page-locked buffer goes back to its pool when dropped right after its upload, and the next request of
+// the size gets it again and overwrites it: every tensor must keep its own values, because reuse waits for
+// the copy. Also an upload from the middle of a buffer (copied straight from it, as a whole buffer is).
+TEST_F(CudaOps, HostBufferReuseWaitsForTheUploadsCopy) {
+  constexpr std::size_t kFloats = std::size_t{64} << 20;  // 256 MB: a copy of several milliseconds
+  std::vector<Tensor> uploaded;
+  std::vector<const float*> addresses;
+  for (int round = 0; round < 3; ++round) {
+    const HostBuffer buffer = gpu_->host_buffer(kFloats);
+    std::fill(buffer.begin(), buffer.end(), static_cast<float>(round));
+    uploaded.push_back(gpu_->upload(buffer, {static_cast<std::int64_t>(kFloats)}));
+    addresses.push_back(buffer.data());
+  }
+  EXPECT_EQ(addresses[1], addresses[0]) << "the pool did not hand the buffer out again";
+  for (int round = 0; round < 3; ++round) {
+    const std::vector<float> values = gpu_->download(uploaded[round]);
+    EXPECT_EQ(std::count(values.begin(), values.end(), static_cast<float>(round)), static_cast<std::ptrdiff_t>(kFloats))
+        << "round " << round;
+  }
+  const HostBuffer buffer = gpu_->host_buffer(1000);
+  for (std::size_t i = 0; i < buffer.size(); ++i) buffer.data()[i] = static_cast<float>(i);
+  const std::vector<float> tail = gpu_->download(gpu_->upload(std::span<const float>(buffer).subspan(600), {400}));
+  for (std::size_t i = 0; i < tail.size(); ++i) ASSERT_EQ(tail[i], static_cast<float>(600 + i)) << i;
+}
+
 TEST_F(CudaOps, AttentionCausalAndWithScoreBias) {
   const std::int64_t n = 3, l = 7, heads = 4, d = 32;
   const auto qkv = random_values(n * l * 3 * d, 20, -2.f, 2.f);
@@ -170,12 +195,14 @@ TEST_F(CudaOps, AttentionCausalAndWithScoreBias) {
   }
 }
 
-// The first 16 probe images, preprocessed, as one batch on `backend`.
+// The first 16 probe images, preprocessed into the backend's host buffers (page-locked on the GPU), as one
+// batch on `backend`; the buffer goes back to its pool right after the upload.
 Tensor probe_batch(Backend& backend, const Preprocess& preprocess) {
   const ProbeSet probe = ProbeSet::open(fixture("images"));
   const auto n = std::min<std::int64_t>(16, static_cast<std::int64_t>(probe.size()));
-  return backend.upload(preprocess_batch(probe, 0, static_cast<std::size_t>(n), std::span(&preprocess, 1)).pixels[0],
-                        {n, 3, preprocess.crop, preprocess.crop});
+  const PreprocessedBatch batch = preprocess_batch(probe, 0, static_cast<std::size_t>(n), std::span(&preprocess, 1),
+                                                   [&](std::size_t floats) { return backend.host_buffer(floats); });
+  return backend.upload(batch.pixels[0], {n, 3, preprocess.crop, preprocess.crop});
 }
 
 using CudaModels = CpuAndGpu<::testing::TestWithParam<std::string>>;

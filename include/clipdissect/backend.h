@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "clipdissect/host_buffer.h"
 #include "clipdissect/tensor.h"
 
 namespace clipdissect {
@@ -51,6 +52,9 @@ class Backend {
   // Host <-> backend. Host data is float32, row-major in the logical shape.
   virtual Tensor upload(std::span<const float> data, const Shape& shape) = 0;
   virtual std::vector<float> download(const Tensor& tensor) = 0;
+  // Memory for data to upload (see HostBuffer), from any thread. upload() may still be reading it after it
+  // returns: write into a buffer only before uploading from it; dropping it is always safe.
+  virtual HostBuffer host_buffer(std::size_t floats) = 0;
 
   // weight [out, in/groups, k, k] and optional bias [out] (empty span: none). With `scale` and `shift` ([out],
   // optional), the convolution's output is followed by y * scale + shift per channel, fused into it: a

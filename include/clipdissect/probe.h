@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "clipdissect/host_buffer.h"
 #include "clipdissect/image.h"
 
 namespace clipdissect {
@@ -55,14 +56,16 @@ std::vector<std::filesystem::path> list_images(const std::filesystem::path& fold
 bool has_image_extension(const std::filesystem::path& path);
 
 struct PreprocessedBatch {
-  std::vector<std::vector<float>> pixels;  // per preprocessing: [images.size(), 3, S, S]
-  std::vector<std::size_t> images;         // probe indices of the images that decoded, in order
+  std::vector<HostBuffer> pixels;   // per preprocessing: [images.size(), 3, S, S]
+  std::vector<std::size_t> images;  // probe indices of the images that decoded, in order
   std::vector<std::pair<std::size_t, std::string>> failures;  // probe index, error message
 };
 
 // Decodes images [first, first + count) of `probe` in parallel, each once, and applies every
-// preprocessing to it. Images that fail to decode are reported in `failures`, not thrown.
+// preprocessing to it, writing straight into buffers from `make_buffer` (Backend::host_buffer for a batch
+// on its way to a backend). Images that fail to decode are reported in `failures`, not thrown.
 PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std::size_t count,
-                                   std::span<const Preprocess> preprocesses);
+                                   std::span<const Preprocess> preprocesses,
+                                   const MakeHostBuffer& make_buffer = HostBuffer::on_heap);
 
 }  // namespace clipdissect

@@ -65,7 +65,8 @@ void for_each_batch(Backend& backend, const ProbeSet& probe, const Preprocess& p
                     Consume consume) {
   for (std::size_t first = 0; first < probe.size(); first += batch_size) {
     const std::size_t count = std::min<std::size_t>(batch_size, probe.size() - first);
-    const PreprocessedBatch batch = preprocess_batch(probe, first, count, std::span(&preprocess, 1));
+    const PreprocessedBatch batch = preprocess_batch(probe, first, count, std::span(&preprocess, 1),
+                                                     [&](std::size_t floats) { return backend.host_buffer(floats); });
     if (!batch.failures.empty()) fail("{}", batch.failures.front().second);
     consume(backend.upload(batch.pixels[0], {static_cast<std::int64_t>(count), 3, preprocess.crop, preprocess.crop}));
     spdlog::info("{} / {} images", first + count, probe.size());

@@ -208,8 +208,10 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   ProgressBar progress(need_clip && !layers.empty() ? "CLIP + target forward" : need_clip ? "CLIP images" : "target forward",
                        total, ProgressUnit::items, config_.quiet);
   progress.update(state.covered);
-  const auto decode = [&](std::size_t first) {
-    return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses);
+  // Into the backend's own host buffers: page-locked on a GPU, where the copies then start straight from them.
+  const auto decode = [&, backend = clip_backend_.get()](std::size_t first) {
+    return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses,
+                            [backend](std::size_t floats) { return backend->host_buffer(floats); });
   };
   // A GPU gets the next batch decoded while it runs the current one; on the CPU decoding and the forward
   // passes would compete for the same cores.
@@ -234,19 +236,22 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
       result.skipped_images.emplace_back(static_cast<std::int64_t>(index), reason);
     }
     const std::int64_t n = static_cast<std::int64_t>(batch.images.size());
-    std::size_t which = 0;
-    if (need_clip && n > 0) {
-      stage = Clock::now();
+    // Both uploads first: on a GPU the target's copy then runs while CLIP computes.
+    const auto upload = [&](Backend& backend, std::size_t which) {
       const int size = preprocesses[which].crop;
-      const std::vector<float> rows =
-          clip().encode_image(clip_backend_->upload(batch.pixels[which++], {n, 3, size, size}));
+      return backend.upload(batch.pixels[which], {n, 3, size, size});
+    };
+    stage = Clock::now();
+    const Tensor clip_pixels = need_clip && n > 0 ? upload(*clip_backend_, 0) : Tensor();
+    const Tensor target_pixels = !layers.empty() && n > 0 ? upload(target_backend(), need_clip ? 1 : 0) : Tensor();
+    if (clip_pixels.defined()) {
+      const std::vector<float> rows = clip().encode_image(clip_pixels);
       state.clip_rows.insert(state.clip_rows.end(), rows.begin(), rows.end());
       result.stats.clip_image_seconds += seconds_since(stage);
     }
-    if (!layers.empty() && n > 0) {
-      stage = Clock::now();
-      const int size = preprocesses[which].crop;
-      target().forward(target_backend().upload(batch.pixels[which], {n, 3, size, size}), &state.recorder);
+    if (target_pixels.defined()) {
+      if (clip_pixels.defined()) stage = Clock::now();  // else the uploads count here
+      target().forward(target_pixels, &state.recorder);
       result.stats.target_seconds += seconds_since(stage);
     }
     state.used.insert(state.used.end(), batch.images.begin(), batch.images.end());

@@ -117,6 +117,11 @@ class CpuBackend final : public Backend {
     return t;
   }
 
+  // From the pool the tensors use, so that batch after batch the same pages serve.
+  HostBuffer host_buffer(std::size_t floats) override {
+    return HostBuffer(allocator_->allocate(floats * sizeof(float)), floats);
+  }
+
   std::vector<float> download(const Tensor& tensor) override {
     Tensor plain = to_plain(tensor);
     const float* p = data_of(plain);

@@ -167,16 +167,16 @@ std::string ProbeSet::fingerprint() const {
 }
 
 PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std::size_t count,
-                                   std::span<const Preprocess> preprocesses) {
+                                   std::span<const Preprocess> preprocesses, const MakeHostBuffer& make_buffer) {
   // Image i writes straight into slot i of each output; an image that fails leaves its slots to be closed up.
   PreprocessedBatch batch;
   std::vector<std::size_t> floats_per_image;
   for (const Preprocess& preprocess : preprocesses) {
     floats_per_image.push_back(static_cast<std::size_t>(3) * preprocess.crop * preprocess.crop);
-    batch.pixels.emplace_back(count * floats_per_image.back());
+    batch.pixels.push_back(make_buffer(count * floats_per_image.back()));
   }
   const auto slot = [&](std::size_t p, std::size_t i) {
-    return std::span(batch.pixels[p]).subspan(i * floats_per_image[p], floats_per_image[p]);
+    return std::span<float>(batch.pixels[p]).subspan(i * floats_per_image[p], floats_per_image[p]);
   };
   std::vector<std::optional<std::string>> errors(count);
 #pragma omp parallel for schedule(dynamic)
@@ -199,7 +199,7 @@ PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std
       for (std::size_t p = 0; p < preprocesses.size(); ++p) std::ranges::copy(slot(p, i), slot(p, kept).begin());
     batch.images.push_back(first + i);
   }
-  for (std::size_t p = 0; p < preprocesses.size(); ++p) batch.pixels[p].resize(batch.images.size() * floats_per_image[p]);
+  for (std::size_t p = 0; p < preprocesses.size(); ++p) batch.pixels[p].shrink(batch.images.size() * floats_per_image[p]);
   return batch;
 }
 

@@ -16,6 +16,7 @@
 #include "engine/cuda/allocator.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/pinned_allocator.h"
 #include "engine/op_checks.h"
 
 namespace clipdissect {
@@ -126,7 +127,10 @@ const float* floats(const std::shared_ptr<void>& p) { return static_cast<const f
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, Precision precision)
-      : precision_(precision), element_(element_of(precision)), allocator_(open_device(device)) {
+      : precision_(precision),
+        element_(element_of(precision)),
+        allocator_(open_device(device)),
+        pinned_(PinnedAllocator::for_device(device)) {
     stream_ = allocator_->compute_stream();
     CLIPDISSECT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
     CLIPDISSECT_CUDA_CHECK(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
@@ -151,22 +155,29 @@ class CudaBackend final : public Backend {
   }
   void set_threads(int) override {}
 
-  // Through a pinned staging buffer on the copy stream, so the transfer overlaps queued compute work.
+  // On the copy stream, so the transfer overlaps queued compute work: straight from a host_buffer() (page-
+  // locked), other memory through a page-locked staging buffer.
   Tensor upload(std::span<const float> data, const Shape& shape) override {
     if (static_cast<std::int64_t>(data.size()) != shape_numel(shape))
       fail("cuda backend: upload of {} values into shape {}", data.size(), shape_to_string(shape));
     const std::size_t bytes = data.size_bytes();
-    CLIPDISSECT_CUDA_CHECK(cudaEventSynchronize(copied_));  // the previous upload has left the staging buffer
-    if (bytes > staging_bytes_) {
-      if (staging_) CLIPDISSECT_CUDA_CHECK(cudaFreeHost(staging_));
-      staging_ = nullptr;
-      CLIPDISSECT_CUDA_CHECK(cudaHostAlloc(&staging_, bytes, cudaHostAllocDefault));
-      staging_bytes_ = bytes;
-    }
-    std::memcpy(staging_, data.data(), bytes);
     std::shared_ptr<void> floats_on_device = allocator_->allocate(bytes, copy_stream_);
-    CLIPDISSECT_CUDA_CHECK(
-        cudaMemcpyAsync(floats_on_device.get(), staging_, bytes, cudaMemcpyHostToDevice, copy_stream_));
+    if (cudaEvent_t read = pinned_->read_event(data.data(), bytes)) {
+      CLIPDISSECT_CUDA_CHECK(
+          cudaMemcpyAsync(floats_on_device.get(), data.data(), bytes, cudaMemcpyHostToDevice, copy_stream_));
+      CLIPDISSECT_CUDA_CHECK(cudaEventRecord(read, copy_stream_));  // the buffer's reuse waits for it
+    } else {
+      CLIPDISSECT_CUDA_CHECK(cudaEventSynchronize(copied_));  // the previous upload has left the staging buffer
+      if (bytes > staging_bytes_) {
+        if (staging_) CLIPDISSECT_CUDA_CHECK(cudaFreeHost(staging_));
+        staging_ = nullptr;
+        CLIPDISSECT_CUDA_CHECK(cudaHostAlloc(&staging_, bytes, cudaHostAllocDefault));
+        staging_bytes_ = bytes;
+      }
+      std::memcpy(staging_, data.data(), bytes);
+      CLIPDISSECT_CUDA_CHECK(
+          cudaMemcpyAsync(floats_on_device.get(), staging_, bytes, cudaMemcpyHostToDevice, copy_stream_));
+    }
     CLIPDISSECT_CUDA_CHECK(cudaEventRecord(copied_, copy_stream_));
     CLIPDISSECT_CUDA_CHECK(cudaStreamWaitEvent(stream_, copied_, 0));
     if (element_ == Element::F32) return Tensor(shape, std::make_shared<CudaStorage>(std::move(floats_on_device)));
@@ -178,6 +189,10 @@ class CudaBackend final : public Backend {
 
   std::vector<float> download(const Tensor& tensor) override {
     return to_host(data_of(tensor), tensor.numel(), element_);
+  }
+
+  HostBuffer host_buffer(std::size_t floats) override {
+    return HostBuffer(pinned_->allocate(floats * sizeof(float)), floats);
   }
 
   std::shared_ptr<ConvParams> make_conv2d(const Conv2dSpec& spec, std::span<const float> weight,
@@ -560,9 +575,10 @@ class CudaBackend final : public Backend {
   Precision precision_;
   Element element_;
   std::shared_ptr<CachingAllocator> allocator_;
+  std::shared_ptr<PinnedAllocator> pinned_;
   cudaStream_t stream_ = nullptr;  // owned by the allocator
   cudaStream_t copy_stream_ = nullptr;
-  cudaEvent_t copied_ = nullptr;  // the last upload left the staging buffer
+  cudaEvent_t copied_ = nullptr;  // the last upload's copy is done (it has left the staging buffer)
   void* staging_ = nullptr;       // pinned
   std::size_t staging_bytes_ = 0;
   cublasHandle_t blas_ = nullptr;
