@@ -59,6 +59,7 @@ void text_loop(benchmark::State& state, ClipModel& clip, const std::vector<std::
 }  // namespace
 
 int main(int argc, char** argv) {
+  keep_freed_heap_memory();  // as the CLI does
   std::map<std::string, std::string> files;
   int threads = 2, batch = 32;
   std::vector<char*> rest{argv[0]};

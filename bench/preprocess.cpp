@@ -1,6 +1,7 @@
 // Images/s of decoding and preprocessing probe images (Google Benchmark): the JPEG decode alone, each
-// pipeline's resize + crop + normalise on decoded images, and preprocess_batch with both pipelines (what
-// describe runs before the forward passes: CLIP's bicubic 224 and ImageNet's bilinear 256 -> 224).
+// pipeline's resize + crop + normalise on decoded images, and preprocess_batch with both pipelines into the
+// CPU backend's host buffers (what describe runs before the forward passes: CLIP's bicubic 224 and
+// ImageNet's bilinear 256 -> 224).
 //   clipdissect_bench_preprocess --probe DIR [--images 256] [--threads 1] [--batch 64] [benchmark flags]
 // bench/run_preprocess_bench.sh makes the synthetic JPEGs and runs PIL + torchvision in the same run.
 #include <omp.h>
@@ -12,6 +13,7 @@
 #include <benchmark/benchmark.h>
 #include <fmt/core.h>
 
+#include "clipdissect/backend.h"
 #include "clipdissect/image.h"
 #include "clipdissect/probe.h"
 
@@ -39,12 +41,14 @@ void geometry_loop(benchmark::State& state, const std::vector<RgbImage>& images,
   state.SetItemsProcessed(state.iterations());
 }
 
+// Into the CPU backend's host buffers, as describe does.
 void batch_loop(benchmark::State& state, const ProbeSet& probe, const std::vector<Preprocess>& preprocesses,
-                std::size_t batch) {
+                std::size_t batch, Backend& backend) {
+  const MakeHostBuffer make_buffer = [&](std::size_t floats) { return backend.host_buffer(floats); };
   std::size_t first = 0;
   for (auto _ : state) {
     const std::size_t count = std::min(batch, probe.size() - first);
-    benchmark::DoNotOptimize(preprocess_batch(probe, first, count, preprocesses));
+    benchmark::DoNotOptimize(preprocess_batch(probe, first, count, preprocesses, make_buffer));
     first = first + count == probe.size() ? 0 : first + count;
     state.SetItemsProcessed(state.items_processed() + static_cast<std::int64_t>(count));
   }
@@ -53,6 +57,7 @@ void batch_loop(benchmark::State& state, const ProbeSet& probe, const std::vecto
 }  // namespace
 
 int main(int argc, char** argv) {
+  keep_freed_heap_memory();  // as the CLI does
   std::string folder;
   int threads = 1, batch = 64, images = 256;
   std::vector<char*> rest{argv[0]};
@@ -71,6 +76,7 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   const ProbeSet probe = ProbeSet::open(folder);
   const std::vector<Preprocess> pipelines{clip_preprocess(224), imagenet_preprocess()};
+  const std::unique_ptr<Backend> backend = make_cpu_backend(threads);
   std::vector<RgbImage> decoded;
   for (std::size_t i = 0; i < std::min<std::size_t>(probe.size(), images); ++i) decoded.push_back(probe.load(i));
 
@@ -81,7 +87,7 @@ int main(int argc, char** argv) {
   timed(benchmark::RegisterBenchmark("imagenet_geometry_normalize",
                                      [&](benchmark::State& s) { geometry_loop(s, decoded, pipelines[1]); }));
   timed(benchmark::RegisterBenchmark("preprocess_batch_both", [&](benchmark::State& s) {
-    batch_loop(s, probe, pipelines, static_cast<std::size_t>(batch));
+    batch_loop(s, probe, pipelines, static_cast<std::size_t>(batch), *backend);
   }));
 
   int rest_argc = static_cast<int>(rest.size());

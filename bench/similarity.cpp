@@ -10,6 +10,7 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+#include "clipdissect/backend.h"
 #include "clipdissect/similarity.h"
 
 using namespace clipdissect;
@@ -33,6 +34,7 @@ double peak_rss_gib() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  keep_freed_heap_memory();  // as the CLI does
   std::int64_t images = 50000, concepts = 20000, neurons = 2048, dim = 512;
   int threads = 2;
   std::string function = "soft_wpmi", device = "cpu";

@@ -11,6 +11,9 @@
       decoded by a DataLoader with --threads workers.
   torch_describe_baseline.py similarity --images N --concepts K --neurons C [--device cuda]
       SoftWPMI alone on random inputs; prints JSON seconds
+  torch_describe_baseline.py preprocess DIR [--images 200]
+      one core: PIL decode, each pipeline's transforms on decoded images, and both pipelines from the file as
+      the reference runs them (the image decoded once per model); prints JSON images/s
 """
 import argparse
 import json
@@ -238,6 +241,31 @@ def similarity(args):
     print()
 
 
+def preprocess(args):
+    torch.set_num_threads(1)
+    paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(args.dir, "probe")) for f in fs)
+    paths = paths[: args.images]
+    dataset = ProbeImages(paths)
+    decoded = [Image.open(p).convert("RGB") for p in paths]
+
+    def rate(work):  # best of 3 passes over the images
+        best = min(timed(work) for _ in range(3))
+        return len(paths) / best
+
+    def timed(work):
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    json.dump({
+        "decode": rate(lambda: [Image.open(p).convert("RGB") for p in paths]),
+        "clip_geometry_normalize": rate(lambda: [dataset.clip_transform(i) for i in decoded]),
+        "imagenet_geometry_normalize": rate(lambda: [dataset.target_transform(i) for i in decoded]),
+        "preprocess_batch_both": rate(lambda: [dataset[i] for i in range(len(paths))]),
+    }, sys.stdout)
+    print()
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,8 +285,11 @@ def main():
     sim.add_argument("--neurons", type=int, default=2048)
     sim.add_argument("--threads", type=int, default=2)
     sim.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pre = sub.add_parser("preprocess")
+    pre.add_argument("dir")
+    pre.add_argument("--images", type=int, default=200)
     args = parser.parse_args()
-    {"make-inputs": make_inputs, "run": run, "similarity": similarity}[args.command](args)
+    {"make-inputs": make_inputs, "run": run, "similarity": similarity, "preprocess": preprocess}[args.command](args)
 
 
 if __name__ == "__main__":

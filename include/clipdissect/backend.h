@@ -126,4 +126,10 @@ class Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 
+// For a program that runs dissections: the C library keeps freed heap memory for reuse instead of handing it
+// back to the kernel, which would zero-fill the pages again on their next touch (decoding and resizing churn
+// through megabytes per image; a quarter of preprocessing went to page faults). Process-wide, so the program
+// decides: the CLI and the benchmarks call it first thing.
+void keep_freed_heap_memory();
+
 }  // namespace clipdissect

@@ -2,6 +2,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "clipdissect/backend.h"
 #include "clipdissect/error.h"
 #include "clipdissect/interrupt.h"
 #include "clipdissect/network.h"
@@ -43,6 +44,7 @@ std::vector<std::string> split_layers(const std::string& list) {
 }  // namespace clipdissect::cli
 
 int main(int argc, char** argv) {
+  clipdissect::keep_freed_heap_memory();
   spdlog::set_default_logger(spdlog::stderr_color_mt("clipdissect"));
   spdlog::set_pattern("%^%l%$: %v");
   CLI::App app{"clipdissect: describe what the neurons of vision networks do, with CLIP (CLIP-Dissect)"};

@@ -1,5 +1,6 @@
 #include "engine/host_allocator.h"
 
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -44,6 +45,13 @@ std::shared_ptr<void> HostAllocator::allocate(std::size_t bytes) {
 
 void HostAllocator::release(Block block) {
   if (!pool_.put(block.bytes, block, cache_limit_)) std::free(block.ptr);
+}
+
+void keep_freed_heap_memory() {
+  // Below 32 MiB from the heap rather than fresh mappings (larger blocks are the tensors, pooled above);
+  // up to 256 MiB of free memory at the top of a heap stays there.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 }  // namespace clipdissect
