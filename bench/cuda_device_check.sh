@@ -10,6 +10,7 @@
 #       2. describe on 10,000 synthetic 500x375 JPEGs, random-weight CLIP ViT-B/16 and ResNet-50, 20k concepts,
 #          layers conv1,layer1..layer4, next to PyTorch on the same GPU (bench/run_describe_bench.py)
 #       3. SoftWPMI at N=50,000, K=20,000, C=2,048 next to PyTorch (bench/similarity.cpp, torch_describe_baseline.py)
+#       4. decoding and preprocessing on all cores (bench/preprocess.cpp): whether the CPU keeps ahead of the GPU
 #       Everything it prints is also written to $OUT (or /tmp/cuda-check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,13 @@ images=${IMAGES:-10000}
 
 prepare() {
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCLIPDISSECT_CUDA=ON -DCLIPDISSECT_BUILD_BENCH=ON
-  cmake --build build-cuda -j"$(nproc)" --target clipdissect clipdissect_tests clipdissect_bench_similarity
+  cmake --build build-cuda -j"$(nproc)" --target clipdissect clipdissect_tests clipdissect_bench_similarity \
+    clipdissect_bench_preprocess
   local staging
   staging=$(mktemp -d)
   mkdir -p "$staging/real" "$staging/lib" "$staging/fixtures"
-  cp build-cuda/clipdissect build-cuda/clipdissect_tests build-cuda/clipdissect_bench_similarity "$staging/real/"
+  cp build-cuda/clipdissect build-cuda/clipdissect_tests build-cuda/clipdissect_bench_similarity \
+    build-cuda/clipdissect_bench_preprocess "$staging/real/"
   strip "$staging"/real/*
   # Every library ldd resolves, except glibc's, the compiler runtime's (the GPU machine's are newer, and PyTorch
   # must keep them) and CUDA's (the driver there; cuBLAS, cuDNN and the runtime from PyTorch's packages).
@@ -78,6 +81,11 @@ run() {
   echo "PyTorch on cuda:" | tee -a "$out/similarity.txt"
   timeout 120 python3 bench/torch_describe_baseline.py similarity --device cuda --threads "$(nproc)" 2>&1 |
     tee -a "$out/similarity.txt" || status=1
+
+  echo "== 4. decode and preprocess, both pipelines, $(nproc) threads" | tee "$out/preprocess.txt"
+  timeout 60 "$work/bin/clipdissect_bench_preprocess" --probe "/tmp/clipdissect-bench/describe-$images-20000/probe" \
+    --images 256 --threads "$(nproc)" --batch 256 --benchmark_filter=preprocess_batch 2>&1 |
+    tee -a "$out/preprocess.txt" || status=1
   return "$status"
 }
 

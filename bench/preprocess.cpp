@@ -80,7 +80,9 @@ int main(int argc, char** argv) {
   std::vector<RgbImage> decoded;
   for (std::size_t i = 0; i < std::min<std::size_t>(probe.size(), images); ++i) decoded.push_back(probe.load(i));
 
-  const auto timed = [](benchmark::internal::Benchmark* b) { b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0); };
+  const auto timed = [](benchmark::internal::Benchmark* b) {
+    b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+  };
   timed(benchmark::RegisterBenchmark("decode", [&](benchmark::State& s) { decode_loop(s, probe); }));
   timed(benchmark::RegisterBenchmark("clip_geometry_normalize",
                                      [&](benchmark::State& s) { geometry_loop(s, decoded, pipelines[0]); }));

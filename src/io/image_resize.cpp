@@ -101,11 +101,14 @@ __attribute__((target_clones("avx2", "default"))) RgbImage resample_horizontal(c
   for (int y0 = row_begin; y0 < row_end; y0 += kRowBlock) {
     const int rows = std::min(kRowBlock, row_end - y0);
     const std::uint8_t* row[kRowBlock];
-    for (int r = 0; r < kRowBlock; ++r)  // a partial block repeats its last row
-      row[r] = source.pixels.data() + (static_cast<std::size_t>(y0 + std::min(r, rows - 1)) * source.width + column_begin) * 3;
+    for (int r = 0; r < kRowBlock; ++r) {  // a partial block repeats its last row
+      const std::size_t y = static_cast<std::size_t>(y0 + std::min(r, rows - 1));
+      row[r] = source.pixels.data() + (y * source.width + column_begin) * 3;
+    }
     for (int x = 0; x < column_end - column_begin; ++x)
       for (int c = 0; c < 3; ++c)
-        for (int r = 0; r < kRowBlock; ++r) block[static_cast<std::size_t>(x) * kLanes + c * kRowBlock + r] = row[r][x * 3 + c];
+        for (int r = 0; r < kRowBlock; ++r)
+          block[static_cast<std::size_t>(x) * kLanes + c * kRowBlock + r] = row[r][x * 3 + c];
     for (int x = 0; x < out.width; ++x) {
       std::int32_t sums[kLanes];
       std::fill(std::begin(sums), std::end(sums), kRoundingBias);
@@ -125,7 +128,8 @@ __attribute__((target_clones("avx2", "default"))) RgbImage resample_horizontal(c
 }
 
 // Resamples vertically; `source` row 0 is input row `row_offset` (rows before it were not needed).
-__attribute__((target_clones("avx2", "default"))) RgbImage resample_vertical(const RgbImage& source, int row_offset, const PassCoefficients& pass) {
+__attribute__((target_clones("avx2", "default"))) RgbImage resample_vertical(const RgbImage& source, int row_offset,
+                                                                              const PassCoefficients& pass) {
   RgbImage out;
   out.width = source.width;
   out.height = static_cast<int>(pass.first.size());
@@ -171,7 +175,8 @@ RgbImage copy_columns(const RgbImage& image, int row_begin, int row_end, int lef
   out.pixels.resize(static_cast<std::size_t>(width) * out.height * 3);
   for (int y = row_begin; y < row_end; ++y) {
     std::copy_n(image.pixels.begin() + (static_cast<std::size_t>(y) * image.width + left) * 3,
-                static_cast<std::size_t>(width) * 3, out.pixels.begin() + static_cast<std::size_t>(y - row_begin) * width * 3);
+                static_cast<std::size_t>(width) * 3,
+                out.pixels.begin() + static_cast<std::size_t>(y - row_begin) * width * 3);
   }
   return out;
 }

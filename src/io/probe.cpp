@@ -199,7 +199,8 @@ PreprocessedBatch preprocess_batch(const ProbeSet& probe, std::size_t first, std
       for (std::size_t p = 0; p < preprocesses.size(); ++p) std::ranges::copy(slot(p, i), slot(p, kept).begin());
     batch.images.push_back(first + i);
   }
-  for (std::size_t p = 0; p < preprocesses.size(); ++p) batch.pixels[p].shrink(batch.images.size() * floats_per_image[p]);
+  for (std::size_t p = 0; p < preprocesses.size(); ++p)
+    batch.pixels[p].shrink(batch.images.size() * floats_per_image[p]);
   return batch;
 }
 
