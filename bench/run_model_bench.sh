@@ -36,13 +36,11 @@ for r in $(seq 1 "$repeats"); do
 done
 
 $py - "$work" "$repeats" <<'PY'
-import json, statistics, sys
+import json, sys
+sys.path.insert(0, "bench")
+from side_by_side import median_rates
 work, repeats = sys.argv[1], int(sys.argv[2])
-runs_torch = [json.load(open(f"{work}/torch-{r}.json")) for r in range(1, repeats + 1)]
-runs_ours = [{b["name"].split("/")[0]: b["items_per_second"] for b in json.load(open(f"{work}/ours-{r}.json"))["benchmarks"]}
-             for r in range(1, repeats + 1)]
-torch_ = {k: statistics.median(run[k] for run in runs_torch) for k in runs_torch[0] if k != "torch"}
-ours = {k: statistics.median(run[k] for run in runs_ours) for k in runs_ours[0]}
+ours, torch_ = median_rates(work, repeats)
 resnet_paths = {k: torch_[k] for k in ("resnet50", "resnet50_channels_last", "resnet50_mkldnn")}
 rows = [
     ("ResNet-50 (img/s)", ours["resnet50"], max(resnet_paths.values()),
@@ -52,7 +50,7 @@ rows = [
     ("CLIP text, 20k list (concepts/s)", ours["clip_text_concepts"], torch_["clip_text_concepts"],
      "encode_text on 77 positions"),
 ]
-print(f"PyTorch {runs_torch[0]['torch']}; medians of {repeats} runs")
+print(f"PyTorch {json.load(open(f'{work}/torch-1.json'))['torch']}; medians of {repeats} runs")
 print("| model | clipdissect | PyTorch (best) | ratio | PyTorch detail |")
 print("|---|---|---|---|---|")
 for name, a, b, detail in rows:

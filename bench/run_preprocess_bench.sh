@@ -32,14 +32,12 @@ for r in $(seq 1 "$repeats"); do
 done
 
 $py - "$work" "$repeats" <<'PY'
-import json, statistics, sys
-work, repeats = sys.argv[1], int(sys.argv[2])
-theirs = [json.load(open(f"{work}/torch-{r}.json")) for r in range(1, repeats + 1)]
-ours = [{b["name"].split("/")[0]: b["items_per_second"] for b in json.load(open(f"{work}/ours-{r}.json"))["benchmarks"]}
-        for r in range(1, repeats + 1)]
+import sys
+sys.path.insert(0, "bench")
+from side_by_side import median_rates
+ours, theirs = median_rates(sys.argv[1], int(sys.argv[2]))
 print("| images/s, one core | clipdissect | PIL + torchvision | ratio |")
 print("|---|---|---|---|")
-for key in theirs[0]:
-    a, b = statistics.median(run[key] for run in ours), statistics.median(run[key] for run in theirs)
-    print(f"| {key} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
+for key, b in theirs.items():
+    print(f"| {key} | {ours[key]:.0f} | {b:.0f} | {ours[key] / b:.2f}x |")
 PY
