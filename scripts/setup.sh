@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake pkg-config
-  libdnnl-dev libopenblas-dev            # kernels
+  libdnnl-dev                            # kernels (oneDNN, OpenMP threads)
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev   # images, archives, Unicode
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libcurl4-openssl-dev libssl-dev        # downloads and their SHA-256 checks

@@ -2,7 +2,7 @@
 // preprocessing), text embeddings of the concepts, then per layer the similarity matrix and its argmax.
 #include "clipdissect/describe.h"
 
-#include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -461,7 +461,7 @@ std::vector<std::string> read_concepts(const fs::path& path) {
 }
 
 DescribeResult describe(const DescribeConfig& config) {
-  openblas_set_num_threads(config.threads);
+  omp_set_num_threads(config.threads);  // the similarities' loops and products, whatever the device
   return Describer(config).run();
 }
 

@@ -1,7 +1,5 @@
 #include "clipdissect/similarity.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -65,9 +63,8 @@ class ClipScores {
     std::vector<float> gathered(rows.size() * dim_);
     for (std::size_t i = 0; i < rows.size(); ++i)
       std::copy_n(images_.data() + rows[i] * dim_, dim_, gathered.data() + i * dim_);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows.size()), static_cast<int>(count),
-                static_cast<int>(dim_), 1.f, gathered.data(), static_cast<int>(dim_), texts_.data() + first * dim_,
-                static_cast<int>(dim_), 0.f, out, static_cast<int>(count));
+    sgemm(false, true, static_cast<std::int64_t>(rows.size()), count, dim_, 1.f, gathered.data(), dim_,
+          texts_.data() + first * dim_, dim_, 0.f, out, count);
   }
 
  private:
@@ -297,9 +294,8 @@ std::vector<float> cosine(const SimilarityInputs& in, const ClipScores& scores, 
         column_sq[k] += double(v) * v;
       }
     // dots[C, K] += target[first:first+rows, :]^T @ x
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(c_count), static_cast<int>(k_count),
-                static_cast<int>(rows), 1.f, target.data() + first * c_count, static_cast<int>(c_count), x.data(),
-                static_cast<int>(k_count), 1.f, dots.data(), static_cast<int>(k_count));
+    sgemm(true, false, c_count, k_count, rows, 1.f, target.data() + first * c_count, c_count, x.data(), k_count, 1.f,
+          dots.data(), k_count);
   });
   for (std::int64_t k = 0; k < k_count; ++k) {
     const float norm = std::max(static_cast<float>(std::sqrt(column_sq[k])), cubed ? min_norm : 0.f);

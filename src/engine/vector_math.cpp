@@ -2,6 +2,8 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "clipdissect/error.h"
+
 namespace clipdissect {
 
 namespace {
@@ -38,6 +40,15 @@ void scaled_softmax_rows(float* data, std::int64_t rows, std::int64_t cols, floa
   dnnl::stream stream(cpu_engine());
   dnnl::softmax_forward(pd).execute(stream, {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
   stream.wait();
+}
+
+void sgemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+           const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+           std::int64_t ldc) {
+  const dnnl_status_t status = dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda,
+                                          b, ldb, beta, c, ldc);
+  if (status != dnnl_success)
+    fail("sgemm of [{}, {}] x [{}, {}] failed: oneDNN status {}", m, k, k, n, static_cast<int>(status));
 }
 
 }  // namespace clipdissect

@@ -1,10 +1,10 @@
 // ONNX network operators: Conv, BatchNormalization, LayerNormalization, Gemm and MatMul with a constant
 // weight, pooling on the backend; ConvTranspose, MatMul of two activations, Softmax, ReduceMean/ReduceSum,
 // Resize and the pooling variants the backend lacks on host buffers.
-#include <cblas.h>
 
 #include <cmath>
 
+#include "engine/vector_math.h"
 #include "models/layers.h"
 #include "models/onnx_graph.h"
 
@@ -215,10 +215,8 @@ ValuePtr batched_matmul(const OnnxNode& node, const Value& a, const Value& b, Ba
   const std::vector<float>&x = a.host(backend), &y = b.host(backend);
   std::vector<float> result(batches * m * n);
   for (std::int64_t i = 0; i < batches; ++i)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.f, &x[(ia.empty() ? i : ia[i]) * m * k], static_cast<int>(k),
-                &y[(ib.empty() ? i : ib[i]) * k * n], static_cast<int>(n), 0.f, &result[i * m * n],
-                static_cast<int>(n));
+    sgemm(false, false, m, n, k, 1.f, &x[(ia.empty() ? i : ia[i]) * m * k], k, &y[(ib.empty() ? i : ib[i]) * k * n],
+          n, 0.f, &result[i * m * n], n);
   return Value::floats(out, std::move(result));
 }
 
