@@ -11,7 +11,8 @@
 #          layers conv1,layer1..layer4, next to PyTorch on the same GPU (bench/run_describe_bench.py)
 #       3. SoftWPMI at N=50,000, K=20,000, C=2,048 next to PyTorch (bench/similarity.cpp, torch_describe_baseline.py)
 #       4. decoding and preprocessing on all cores (bench/preprocess.cpp): whether the CPU keeps ahead of the GPU
-#       Everything it prints is also written to $OUT (or /tmp/cuda-check).
+#       Everything it prints is also written to $OUT (or /tmp/cuda-check), step by step. The steps' time limits
+#       add up to 495 s, inside one device command (600 s at most) with time left in the session for a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,23 +68,23 @@ run() {
   } 2>&1 | tee "$out/machine.txt"
 
   echo "== 1. GPU tests" | tee "$out/tests.txt"
-  timeout 240 "$work/bin/clipdissect_tests" --gtest_filter='Cuda*:DeviceBackends*' 2>&1 | tee -a "$out/tests.txt" ||
+  timeout 120 "$work/bin/clipdissect_tests" --gtest_filter='Cuda*:DeviceBackends*' 2>&1 | tee -a "$out/tests.txt" ||
     status=1
 
   echo "== 2. describe, $images images, against PyTorch on the same GPU" | tee "$out/describe.txt"
-  BENCH_DIR=/tmp/clipdissect-bench timeout 300 python3 bench/run_describe_bench.py --images "$images" \
+  BENCH_DIR=/tmp/clipdissect-bench timeout 240 python3 bench/run_describe_bench.py --images "$images" \
     --concepts 20000 --device cuda --threads "$(nproc)" --repeats 1 --build "$work/bin" 2>&1 |
     tee -a "$out/describe.txt" || status=1
 
   echo "== 3. SoftWPMI, N=50000 K=20000 C=2048" | tee "$out/similarity.txt"
-  timeout 120 "$work/bin/clipdissect_bench_similarity" --device cuda --threads "$(nproc)" 2>&1 |
+  timeout 45 "$work/bin/clipdissect_bench_similarity" --device cuda --threads "$(nproc)" 2>&1 |
     tee -a "$out/similarity.txt" || status=1
   echo "PyTorch on cuda:" | tee -a "$out/similarity.txt"
-  timeout 120 python3 bench/torch_describe_baseline.py similarity --device cuda --threads "$(nproc)" 2>&1 |
+  timeout 60 python3 bench/torch_describe_baseline.py similarity --device cuda --threads "$(nproc)" 2>&1 |
     tee -a "$out/similarity.txt" || status=1
 
   echo "== 4. decode and preprocess, both pipelines, $(nproc) threads" | tee "$out/preprocess.txt"
-  timeout 60 "$work/bin/clipdissect_bench_preprocess" --probe "/tmp/clipdissect-bench/describe-$images-20000/probe" \
+  timeout 30 "$work/bin/clipdissect_bench_preprocess" --probe "/tmp/clipdissect-bench/describe-$images-20000/probe" \
     --images 256 --threads "$(nproc)" --batch 256 --benchmark_filter=preprocess_batch 2>&1 |
     tee -a "$out/preprocess.txt" || status=1
   return "$status"

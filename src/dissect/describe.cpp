@@ -210,6 +210,7 @@ ImagePass Describer::image_pass(bool need_clip, const std::vector<std::string>& 
   progress.update(state.covered);
   // Into the backend's own host buffers: page-locked on a GPU, where the copies then start straight from them.
   const auto decode = [&, backend = clip_backend_.get()](std::size_t first) {
+    omp_set_num_threads(config_.threads);  // per thread: the prefetching thread does not inherit describe()'s
     return preprocess_batch(probe_, first, std::min<std::size_t>(config_.batch_size, total - first), preprocesses,
                             [backend](std::size_t floats) { return backend->host_buffer(floats); });
   };

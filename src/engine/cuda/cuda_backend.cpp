@@ -163,6 +163,9 @@ class CudaBackend final : public Backend {
     const std::size_t bytes = data.size_bytes();
     std::shared_ptr<void> floats_on_device = allocator_->allocate(bytes, copy_stream_);
     if (cudaEvent_t read = pinned_->read_event(data.data(), bytes)) {
+      // The buffer has one event: this copy also waits for an earlier one from it (another backend's copy
+      // stream), so that recording the event again still covers both.
+      CLIPDISSECT_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, read, 0));
       CLIPDISSECT_CUDA_CHECK(
           cudaMemcpyAsync(floats_on_device.get(), data.data(), bytes, cudaMemcpyHostToDevice, copy_stream_));
       CLIPDISSECT_CUDA_CHECK(cudaEventRecord(read, copy_stream_));  // the buffer's reuse waits for it
@@ -259,14 +262,8 @@ class CudaBackend final : public Backend {
     const std::int64_t oh = out_shape[2], ow = out_shape[3];
     const TensorDesc x_desc(element_, x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     const TensorDesc y_desc(element_, out_shape[0], out_shape[1], oh, ow);
-    const ConvAlgorithm algorithm = conv_algorithm(conv, x, x_desc, y_desc);
-    std::shared_ptr<void> workspace = allocator_->allocate(algorithm.workspace, stream_);
-    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv.conv, algorithm.math));
     Tensor out = empty(out_shape);
-    const float one = 1.f, zero = 0.f;
-    CLIPDISSECT_CUDA_CHECK(cudnnConvolutionForward(dnn_, &one, x_desc.get(), data_of(x), conv.filter,
-                                                   conv.weight.get(), conv.conv, algorithm.algo, workspace.get(),
-                                                   algorithm.workspace, &zero, y_desc.get(), data_of(out)));
+    convolve(conv, x, x_desc, y_desc, out);
     const bool affine = !raw && conv.scale;
     if (conv.bias || affine || residual || act != Activation::None) {
       channel_epilogue(element_, data_of(out), data_of(out), floats(conv.bias), affine ? floats(conv.scale) : nullptr,
@@ -529,34 +526,68 @@ class CudaBackend final : public Backend {
   // fp16 and bf16 use the tensor cores.
   cudnnMathType_t allowed_math() const { return element_ == Element::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH; }
 
-  // The algorithm cuDNN's heuristics rank first among those that run in the workspace limit (and, in fp32,
-  // without tensor cores), chosen once per input shape.
-  ConvAlgorithm conv_algorithm(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc) {
+  // The bare convolution of x into out, with the algorithm chosen for x's shape: the first of cuDNN's ranked
+  // candidates whose forward call succeeds (the heuristics can rank first an algorithm the call then rejects for
+  // the shape), kept for the next batch of that shape.
+  void convolve(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc, Tensor& out) {
     const std::array<std::int64_t, 4> key{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
-    if (const auto found = conv.algorithms.find(key); found != conv.algorithms.end()) return found->second;
+    if (const auto found = conv.algorithms.find(key); found != conv.algorithms.end()) {
+      CLIPDISSECT_CUDA_CHECK(try_convolution(conv, found->second, x, x_desc, y_desc, out));
+      return;
+    }
+    cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+    for (const ConvAlgorithm& candidate : conv_candidates(conv, x_desc, y_desc)) {
+      last = try_convolution(conv, candidate, x, x_desc, y_desc, out);
+      if (last == CUDNN_STATUS_SUCCESS) {
+        conv.algorithms[key] = candidate;
+        return;
+      }
+    }
+    fail("cuda backend: no cuDNN convolution algorithm ran for input {} and a {}x{} kernel ({} -> {} channels, {} "
+         "groups) in {} (last status: {})",
+         shape_to_string(x.shape()), conv.spec.kernel, conv.spec.kernel, conv.spec.in_channels, conv.spec.out_channels,
+         conv.spec.groups, precision_name(precision_), cudnnGetErrorString(last));
+  }
+
+  cudnnStatus_t try_convolution(CudaConv& conv, const ConvAlgorithm& algorithm, const Tensor& x,
+                                const TensorDesc& x_desc, const TensorDesc& y_desc, Tensor& out) {
+    std::shared_ptr<void> workspace = allocator_->allocate(algorithm.workspace, stream_);
+    if (const cudnnStatus_t status = cudnnSetConvolutionMathType(conv.conv, algorithm.math);
+        status != CUDNN_STATUS_SUCCESS)
+      return status;
+    const float one = 1.f, zero = 0.f;
+    return cudnnConvolutionForward(dnn_, &one, x_desc.get(), data_of(x), conv.filter, conv.weight.get(), conv.conv,
+                                   algorithm.algo, workspace.get(), algorithm.workspace, &zero, y_desc.get(),
+                                   data_of(out));
+  }
+
+  // cuDNN's heuristics' ranking, without the algorithms that need more than the workspace limit or, in fp32,
+  // tensor cores.
+  std::vector<ConvAlgorithm> conv_candidates(CudaConv& conv, const TensorDesc& x_desc, const TensorDesc& y_desc) {
     CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv.conv, allowed_math()));
-    std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> candidates{};
+    int most = 0;
+    CLIPDISSECT_CUDA_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(dnn_, &most));
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> ranked(static_cast<std::size_t>(std::max(most, 1)));
     int returned = 0;
     CLIPDISSECT_CUDA_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, x_desc.get(), conv.filter, conv.conv,
-                                                                  y_desc.get(), static_cast<int>(candidates.size()),
-                                                                  &returned, candidates.data()));
+                                                                  y_desc.get(), static_cast<int>(ranked.size()),
+                                                                  &returned, ranked.data()));
+    std::vector<ConvAlgorithm> candidates;
     for (int i = 0; i < returned; ++i) {
-      const cudnnConvolutionFwdAlgoPerf_t& c = candidates[i];
-      if (c.status != CUDNN_STATUS_SUCCESS || c.memory > kMaxConvWorkspace) continue;
+      const cudnnConvolutionFwdAlgoPerf_t& c = ranked[i];
+      if (c.status != CUDNN_STATUS_SUCCESS) continue;
       const bool tensor_cores = c.mathType == CUDNN_TENSOR_OP_MATH || c.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
       if (element_ == Element::F32 && tensor_cores) continue;
       const cudnnMathType_t math = element_ == Element::F32 ? CUDNN_FMA_MATH : c.mathType;
       std::size_t workspace = 0;
       if (cudnnSetConvolutionMathType(conv.conv, math) != CUDNN_STATUS_SUCCESS ||
           cudnnGetConvolutionForwardWorkspaceSize(dnn_, x_desc.get(), conv.filter, conv.conv, y_desc.get(), c.algo,
-                                                  &workspace) != CUDNN_STATUS_SUCCESS)
+                                                  &workspace) != CUDNN_STATUS_SUCCESS ||
+          workspace > kMaxConvWorkspace)
         continue;
-      return conv.algorithms[key] = ConvAlgorithm{c.algo, math, workspace};
+      candidates.push_back(ConvAlgorithm{c.algo, math, workspace});
     }
-    fail("cuda backend: cuDNN has no convolution algorithm for input {} and a {}x{} kernel ({} -> {} channels, {} "
-         "groups) in {}",
-         shape_to_string(x.shape()), conv.spec.kernel, conv.spec.kernel, conv.spec.in_channels, conv.spec.out_channels,
-         conv.spec.groups, precision_name(precision_));
+    return candidates;
   }
 
   // Column-major C = alpha op(A) op(B), `batch` times with the given strides (elements), in the element type

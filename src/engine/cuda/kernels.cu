@@ -264,7 +264,7 @@ __global__ void attention_softmax_kernel(T* scores, const T* bias, bool bias_sha
   const T* bias_row = bias ? bias + (((bias_shared ? 0 : b) * heads + h) * length + t) * length : nullptr;
   const auto logit = [&](std::int64_t j) {
     float v = to_float(s[j]);
-    if (causal && j > t) v = -INFINITY;
+    if (causal && j > t) v += -INFINITY;  // added, as PyTorch's mask is: a NaN score stays NaN
     if (bias_row) v += to_float(bias_row[j]);
     return v;
   };
@@ -323,6 +323,7 @@ void linear_epilogue(Element element, void* y, const float* bias, const void* re
 
 void layer_norm(Element element, void* y, const void* x, const float* gamma, const float* beta, float eps,
                 std::int64_t rows, std::int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return;  // a grid of zero blocks is an invalid launch
   dispatch(element, [&](auto tag) {
     using T = decltype(tag);
     layer_norm_kernel<<<static_cast<unsigned>(rows), row_threads(cols), 0, stream>>>(
@@ -351,6 +352,7 @@ void avg_pool2d(Element element, void* y, const void* x, std::int64_t planes, in
 
 void plane_summary(Element element, float* out, const void* x, std::int64_t rows, std::int64_t plane, bool max,
                    cudaStream_t stream) {
+  if (rows == 0) return;  // a grid of zero blocks is an invalid launch
   dispatch(element, [&](auto tag) {
     using T = decltype(tag);
     plane_summary_kernel<<<static_cast<unsigned>(rows), row_threads(plane), 0, stream>>>(
@@ -424,6 +426,7 @@ void merge_heads(Element element, void* y, const void* x, std::int64_t n, std::i
 
 void attention_softmax(Element element, void* scores, const void* bias, bool bias_shared, bool causal, std::int64_t n,
                        int heads, std::int64_t length, cudaStream_t stream) {
+  if (n * heads * length == 0) return;  // a grid of zero blocks is an invalid launch
   dispatch(element, [&](auto tag) {
     using T = decltype(tag);
     attention_softmax_kernel<<<static_cast<unsigned>(n * heads * length), row_threads(length), 0, stream>>>(

@@ -43,7 +43,7 @@ __global__ void member_log_probabilities_kernel(double* log_p, const float* imag
   __shared__ float image_tile[kStep][kTile];    // [d][member row]
   __shared__ float concept_tile[kStep][kTile];  // [d][concept]
   __shared__ double column_sums[kSide][kTile];
-  const std::int64_t neuron = blockIdx.y, first_concept = std::int64_t{blockIdx.x} * kTile;
+  const std::int64_t neuron = blockIdx.x, first_concept = std::int64_t{blockIdx.y} * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y, thread = ty * kSide + tx;
   const std::int32_t* neuron_members = members + neuron * top_k;
   double sums[kPerThread] = {0, 0, 0, 0};
@@ -76,7 +76,8 @@ __global__ void member_log_probabilities_kernel(double* log_p, const float* imag
       }
       __syncthreads();
     }
-    // The reference's float operations on the softmax probability s: 1 + p (s - 1) + min_prob, or s + min_prob.
+    // The reference's float operations on the softmax probability s: 1 + p (s - 1) + min_prob, or s + min_prob,
+    // each rounded on its own as on the CPU (nvcc would fuse the multiply and add: about 1e-5 apart per term).
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int member = first_member + ty * kPerThread + i;
@@ -85,7 +86,9 @@ __global__ void member_log_probabilities_kernel(double* log_p, const float* imag
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const float s = expf(a * acc[i][j] - row_lse);
-        const float term = membership ? 1.0f + membership[member] * (s - 1.0f) + min_prob : s + min_prob;
+        const float term =
+            membership ? __fadd_rn(__fadd_rn(1.0f, __fmul_rn(membership[member], __fsub_rn(s, 1.0f))), min_prob)
+                       : __fadd_rn(s, min_prob);
         sums[j] += static_cast<double>(logf(term));
       }
     }
@@ -125,7 +128,8 @@ void member_log_probabilities(double* log_p, const float* images, const float* t
                               const std::int32_t* members, const float* membership, std::int64_t neurons,
                               std::int64_t concepts, std::int64_t dim, int top_k, float a, float min_prob,
                               cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((concepts + kTile - 1) / kTile), static_cast<unsigned>(neurons));
+  // Neurons along x: a grid's y extent stops at 65,535, x's at 2^31 - 1.
+  const dim3 grid(static_cast<unsigned>(neurons), static_cast<unsigned>((concepts + kTile - 1) / kTile));
   member_log_probabilities_kernel<<<grid, dim3(kSide, kSide), 0, stream>>>(log_p, images, texts, lse, members,
                                                                            membership, concepts, dim, top_k, a,
                                                                            min_prob);
