@@ -16,9 +16,11 @@ namespace clipdissect {
 namespace {
 
 constexpr std::int64_t kImageChunk = 64;      // image rows of the image-concept matrix at once (WPMI family)
-constexpr std::int64_t kScoreChunk = 256;     // the same for the cosine passes
-constexpr std::int64_t kConceptBlock = 1024;  // concept columns at once (rank reorder)
+constexpr std::int64_t kConceptBlock = 1024;  // concept columns at once (rank reorder, cos3 at most)
 constexpr std::int64_t kTermValues = std::int64_t{8} << 20;  // log terms at once (WPMI family): 32 MB, about L3
+// Scores at once (cos3: a block of P's columns over all images). Every block rereads all the activations in the
+// product, so blocks are wide: 1024 columns up to 64,000 images.
+constexpr std::int64_t kScoreValues = std::int64_t{64} << 20;
 
 struct NamedFunction {
   std::string_view name;
@@ -55,7 +57,9 @@ class ClipScores {
         concepts_(in.concepts) {}
 
   std::int64_t concepts() const { return concepts_; }
+  std::int64_t image_count() const { return static_cast<std::int64_t>(images_.size()) / dim_; }
   std::span<const float> image(std::int32_t row) const { return std::span(images_).subspan(row * dim_, dim_); }
+  std::span<const float> images() const { return images_; }
   std::span<const float> texts() const { return texts_; }
 
   // out[i, k - first] = P[rows[i], k] for k in [first, first + count).
@@ -65,6 +69,34 @@ class ClipScores {
       std::copy_n(images_.data() + rows[i] * dim_, dim_, gathered.data() + i * dim_);
     sgemm(false, true, static_cast<std::int64_t>(rows.size()), count, dim_, 1.f, gathered.data(), dim_,
           texts_.data() + first * dim_, dim_, 0.f, out, count);
+  }
+
+  // out[n, k - first] = P[n, k] for every image n and k in [first, first + count).
+  void columns(std::int64_t first, std::int64_t count, float* out) const {
+    sgemm(false, true, image_count(), count, dim_, 1.f, images_.data(), dim_, texts_.data() + first * dim_, dim_,
+          0.f, out, count);
+  }
+
+  // Per concept k, the squared norm of P's column over all images: t_k^T G t_k with G = I^T I, summed in double
+  // over image chunks so that it keeps float precision however many images there are.
+  std::vector<double> column_square_norms() const {
+    constexpr std::int64_t kChunk = 256;
+    std::vector<double> gram(dim_ * dim_, 0.0);
+    std::vector<float> part(dim_ * dim_);
+    for (std::int64_t first = 0; first < image_count(); first += kChunk) {
+      const std::int64_t rows = std::min(kChunk, image_count() - first);
+      const float* chunk = images_.data() + first * dim_;
+      sgemm(true, false, dim_, dim_, rows, 1.f, chunk, dim_, chunk, dim_, 0.f, part.data(), dim_);
+      for (std::size_t i = 0; i < part.size(); ++i) gram[i] += part[i];
+    }
+    const std::vector<float> gram_float(gram.begin(), gram.end());
+    std::vector<float> texts_gram(concepts_ * dim_);
+    sgemm(false, false, concepts_, dim_, dim_, 1.f, texts_.data(), dim_, gram_float.data(), dim_, 0.f,
+          texts_gram.data(), dim_);
+    std::vector<double> out(concepts_, 0.0);
+    for (std::int64_t k = 0; k < concepts_; ++k)
+      for (std::int64_t d = 0; d < dim_; ++d) out[k] += double(texts_gram[k * dim_ + d]) * texts_[k * dim_ + d];
+    return out;
   }
 
  private:
@@ -81,12 +113,6 @@ void check_inputs(const SimilarityInputs& in) {
       static_cast<std::int64_t>(in.activations.size()) != in.images * in.neurons)
     fail("similarity: input sizes do not match {} images x {} dims, {} concepts, {} neurons", in.images, in.dim,
          in.concepts, in.neurons);
-}
-
-std::vector<std::int32_t> iota_rows(std::int64_t first, std::int64_t count) {
-  std::vector<std::int32_t> rows(count);
-  std::iota(rows.begin(), rows.end(), static_cast<std::int32_t>(first));
-  return rows;
 }
 
 std::vector<std::vector<std::int32_t>> neuron_top_images(const SimilarityInputs& in, int k) {
@@ -232,74 +258,84 @@ std::vector<float> membership_weights(int top_k, float p_start, float p_end) {
   return p;
 }
 
+// rows x columns at `x` (row stride `stride`): column j divided by divisor[j].
+void divide_columns(float* x, std::int64_t rows, std::int64_t columns, std::int64_t stride,
+                    std::span<const float> divisor) {
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < columns; ++j) x[i * stride + j] /= divisor[j];
+}
+
 // Activations [N, C] with each column transformed by `f` then divided by max(norm, min_norm); returns [N, C].
+// Row by row (a column is a strided walk through memory); each column's sums still run over images in order.
 template <typename Transform>
 std::vector<float> normalized_columns(const SimilarityInputs& in, Transform f, float min_norm) {
   const std::int64_t n = in.images, c_count = in.neurons;
   std::vector<float> out(in.activations.begin(), in.activations.end());
-  for (std::int64_t c = 0; c < c_count; ++c) {
-    double sum = 0;
-    for (std::int64_t i = 0; i < n; ++i) sum += out[i * c_count + c];
-    const auto mean = static_cast<float>(sum / n);
-    double sq = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
+  std::vector<double> sum(c_count, 0.0), sq(c_count, 0.0);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t c = 0; c < c_count; ++c) sum[c] += out[i * c_count + c];
+  std::vector<float> mean(c_count);
+  for (std::int64_t c = 0; c < c_count; ++c) mean[c] = static_cast<float>(sum[c] / n);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t c = 0; c < c_count; ++c) {
       float& v = out[i * c_count + c];
-      v = f(v, mean);
-      sq += double(v) * v;
+      v = f(v, mean[c]);
+      sq[c] += double(v) * v;
     }
-    const float norm = std::max(static_cast<float>(std::sqrt(sq)), min_norm);
-    for (std::int64_t i = 0; i < n; ++i) out[i * c_count + c] /= norm;
-  }
+  std::vector<float> norm(c_count);
+  for (std::int64_t c = 0; c < c_count; ++c) norm[c] = std::max(static_cast<float>(std::sqrt(sq[c])), min_norm);
+  divide_columns(out.data(), n, c_count, c_count, norm);
   return out;
 }
 
-// Passes over P in image chunks: `visit(chunk, first_image, rows)`.
-template <typename Visit>
-void for_each_score_chunk(const SimilarityInputs& in, const ClipScores& scores, Visit visit) {
-  std::vector<float> chunk(kScoreChunk * in.concepts);
-  for (std::int64_t start = 0; start < in.images; start += kScoreChunk) {
-    const std::int64_t rows = std::min(kScoreChunk, in.images - start);
-    scores.rows(iota_rows(start, rows), 0, in.concepts, chunk.data());
-    visit(chunk.data(), start, rows);
-  }
+// cos: columns of P and of the activations normalised over images, then their dot products. P = I T^T (images
+// times texts), so target^T P = (target^T I) T^T: N x C x D + C x D x K multiply-adds instead of N x K x (C + D),
+// and P's column norms come from the Gram matrix I^T I without P ever being formed.
+std::vector<float> cosine(const SimilarityInputs& in, const ClipScores& scores) {
+  const std::int64_t c_count = in.neurons, k_count = in.concepts, dim = in.dim;
+  const std::vector<float> target = normalized_columns(in, [](float v, float) { return v; }, 0.f);
+  std::vector<float> target_images(c_count * dim);
+  sgemm(true, false, c_count, dim, in.images, 1.f, target.data(), c_count, scores.images().data(), dim, 0.f,
+        target_images.data(), dim);
+  std::vector<float> dots(c_count * k_count);
+  sgemm(false, true, c_count, k_count, dim, 1.f, target_images.data(), dim, scores.texts().data(), dim, 0.f,
+        dots.data(), k_count);
+  const std::vector<double> column_sq = scores.column_square_norms();
+  std::vector<float> norm(k_count);
+  for (std::int64_t k = 0; k < k_count; ++k) norm[k] = static_cast<float>(std::sqrt(column_sq[k]));
+  divide_columns(dots.data(), c_count, k_count, k_count, norm);
+  return dots;
 }
 
-// cos: columns of P and of the activations normalised over images, then their dot products.
-// cos3: the same after centring each column and cubing it, norms clipped at min_norm.
-std::vector<float> cosine(const SimilarityInputs& in, const ClipScores& scores, bool cubed, float min_norm) {
-  const std::int64_t c_count = in.neurons, k_count = in.concepts;
-  const std::vector<float> target =
-      cubed ? normalized_columns(in, [](float v, float mean) { const float d = v - mean; return d * d * d; }, min_norm)
-            : normalized_columns(in, [](float v, float) { return v; }, 0.f);
-
-  std::vector<double> column_mean(k_count, 0.0);
-  if (cubed) {
-    for_each_score_chunk(in, scores, [&](const float* chunk, std::int64_t, std::int64_t rows) {
-      for (std::int64_t i = 0; i < rows; ++i)
-        for (std::int64_t k = 0; k < k_count; ++k) column_mean[k] += chunk[i * k_count + k];
-    });
-    for (double& m : column_mean) m /= static_cast<double>(in.images);
-  }
-  std::vector<double> column_sq(k_count, 0.0);
-  std::vector<float> dots(c_count * k_count, 0.f);
-  for_each_score_chunk(in, scores, [&](const float* chunk, std::int64_t first, std::int64_t rows) {
-    std::vector<float> x(chunk, chunk + rows * k_count);
-    for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t k = 0; k < k_count; ++k) {
-        float& v = x[i * k_count + k];
-        if (cubed) {
-          const float d = v - static_cast<float>(column_mean[k]);
-          v = d * d * d;
-        }
-        column_sq[k] += double(v) * v;
+// cos3: the same after centring each column and cubing it, norms clipped at min_norm. The cube is not linear, so
+// P is formed, a block of concept columns over all images at a time (one pass: a block has its columns' means).
+std::vector<float> cosine_cubed(const SimilarityInputs& in, const ClipScores& scores, float min_norm) {
+  const std::int64_t n = in.images, c_count = in.neurons, k_count = in.concepts;
+  const std::vector<float> target = normalized_columns(
+      in, [](float v, float mean) { const float d = v - mean; return d * d * d; }, min_norm);
+  const std::int64_t block = std::clamp<std::int64_t>(kScoreValues / n, 1, kConceptBlock);
+  std::vector<float> x(n * block);
+  std::vector<float> dots(c_count * k_count);
+  for (std::int64_t first = 0; first < k_count; first += block) {
+    const std::int64_t count = std::min(block, k_count - first);
+    scores.columns(first, count, x.data());
+    std::vector<double> mean(count, 0.0), sq(count, 0.0);
+    std::vector<float> norm(count);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t k = 0; k < count; ++k) mean[k] += x[i * count + k];
+    for (double& m : mean) m /= static_cast<double>(n);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t k = 0; k < count; ++k) {
+        float& v = x[i * count + k];
+        const float d = v - static_cast<float>(mean[k]);
+        v = d * d * d;
+        sq[k] += double(v) * v;
       }
-    // dots[C, K] += target[first:first+rows, :]^T @ x
-    sgemm(true, false, c_count, k_count, rows, 1.f, target.data() + first * c_count, c_count, x.data(), k_count, 1.f,
-          dots.data(), k_count);
-  });
-  for (std::int64_t k = 0; k < k_count; ++k) {
-    const float norm = std::max(static_cast<float>(std::sqrt(column_sq[k])), cubed ? min_norm : 0.f);
-    for (std::int64_t c = 0; c < c_count; ++c) dots[c * k_count + k] /= norm;
+    // dots[:, first:first+count] = target^T @ x
+    sgemm(true, false, c_count, count, n, 1.f, target.data(), c_count, x.data(), count, 0.f, dots.data() + first,
+          k_count);
+    for (std::int64_t k = 0; k < count; ++k) norm[k] = std::max(static_cast<float>(std::sqrt(sq[k])), min_norm);
+    divide_columns(dots.data() + first, c_count, count, k_count, norm);
   }
   return dots;
 }
@@ -444,8 +480,8 @@ std::vector<float> compute_similarity(SimilarityFunction function, const Similar
       return weighted_pmi(inputs, scores, params.wpmi_top_k, params.wpmi_a, params.wpmi_lambda, params.min_prob,
                           nullptr, device);
     case SimilarityFunction::RankReorder: return rank_reorder(inputs, scores, params);
-    case SimilarityFunction::Cos: return cosine(inputs, scores, false, 0.f);
-    case SimilarityFunction::CosCubed: return cosine(inputs, scores, true, params.cos_cubed_min_norm);
+    case SimilarityFunction::Cos: return cosine(inputs, scores);
+    case SimilarityFunction::CosCubed: return cosine_cubed(inputs, scores, params.cos_cubed_min_norm);
   }
   fail("similarity: unknown function");
 }
