@@ -2,14 +2,17 @@
 // (kernels.cu) for everything else. Tensors are dense row-major device buffers in the precision's element
 // type (NCHW for feature maps); every product and sum accumulates in float32.
 //
-// Where cuDNN and cuBLAS offer fused epilogues (conv + bias + ReLU, GEMM + bias + GELU) we still run our own:
-// cuDNN folds the bias before a BatchNorm's scale and cuBLASLt's GELU is the tanh approximation, and the
-// models must match PyTorch's order of float operations: (conv + bias) * scale + shift + residual, then the
-// activation; GELU with erf.
+// A convolution followed by a ReLU runs as one cuDNN call, act(conv(x, w * scale) + residual + bias * scale +
+// shift), the BatchNorm folded into the weights and bias: the same values as PyTorch's separate conv and
+// BatchNorm up to float rounding (as cuDNN's algorithms already differ by). Everything else gets our epilogue
+// kernel in PyTorch's order, (conv + bias) * scale + shift + residual, then the activation: cuDNN's fused call
+// has ReLU and identity only (identity with one algorithm), and cuBLASLt's GELU epilogue is the tanh
+// approximation where the models need erf.
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "clipdissect/device.h"
 #include "clipdissect/error.h"
@@ -96,13 +99,20 @@ struct ConvAlgorithm {
   std::size_t workspace = 0;
 };
 
+using InputShape = std::array<std::int64_t, 4>;
+// The algorithm that ran for each input shape; none where no candidate did.
+using AlgorithmChoice = std::map<InputShape, std::optional<ConvAlgorithm>>;
+
 struct CudaConv final : ConvParams {
   Conv2dSpec spec;
   std::shared_ptr<void> weight;              // [O, I/G, K, K], element type
   std::shared_ptr<void> bias, scale, shift;  // float [O], each may be null
+  // For the fused call with a ReLU (element type): weight * scale and bias * scale + shift per output channel.
+  // Null for a convolution with neither bias nor scale and shift.
+  std::shared_ptr<void> fused_weight, fused_bias;
   cudnnFilterDescriptor_t filter = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
-  std::map<std::array<std::int64_t, 4>, ConvAlgorithm> algorithms;  // by input shape
+  AlgorithmChoice algorithms, fused_algorithms;
 
   ~CudaConv() override {
     if (filter) cudnnDestroyFilterDescriptor(filter);
@@ -124,6 +134,22 @@ struct CudaNorm final : NormParams {
 
 const float* floats(const std::shared_ptr<void>& p) { return static_cast<const float*>(p.get()); }
 
+// weight [O, ...] with output channel o's values times scale[o] (a BatchNorm's scale folded into the weights).
+std::vector<float> scaled_weight(std::span<const float> weight, std::span<const float> scale) {
+  std::vector<float> out(weight.begin(), weight.end());
+  const std::size_t per_channel = out.size() / scale.size();
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] *= scale[i / per_channel];
+  return out;
+}
+
+// bias * scale + shift per channel, no bias counting as zero: the bias once the scale is in the weights.
+std::vector<float> folded_bias(std::span<const float> bias, std::span<const float> scale,
+                               std::span<const float> shift) {
+  std::vector<float> out(scale.size());
+  for (std::size_t o = 0; o < out.size(); ++o) out[o] = (bias.empty() ? 0.f : bias[o]) * scale[o] + shift[o];
+  return out;
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, Precision precision)
@@ -138,11 +164,14 @@ class CudaBackend final : public Backend {
     CLIPDISSECT_CUDA_CHECK(cublasSetStream(blas_, stream_));
     CLIPDISSECT_CUDA_CHECK(cudnnCreate(&dnn_));
     CLIPDISSECT_CUDA_CHECK(cudnnSetStream(dnn_, stream_));
+    CLIPDISSECT_CUDA_CHECK(cudnnCreateActivationDescriptor(&relu_));
+    CLIPDISSECT_CUDA_CHECK(cudnnSetActivationDescriptor(relu_, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN, 0.0));
   }
 
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     cudaStreamSynchronize(copy_stream_);
+    cudnnDestroyActivationDescriptor(relu_);
     cudnnDestroy(dnn_);
     cublasDestroy(blas_);
     cudaEventDestroy(copied_);
@@ -209,6 +238,11 @@ class CudaBackend final : public Backend {
     if (!scale.empty() || !shift.empty()) {
       conv->scale = channels_on_device(scale, spec.out_channels, "conv scale");
       conv->shift = channels_on_device(shift, spec.out_channels, "conv shift");
+      conv->fused_weight = to_device(scaled_weight(weight, scale));
+      conv->fused_bias = to_device(folded_bias(bias, scale, shift));
+    } else if (!bias.empty()) {
+      conv->fused_weight = conv->weight;
+      conv->fused_bias = to_device(bias);
     }
     CLIPDISSECT_CUDA_CHECK(cudnnCreateFilterDescriptor(&conv->filter));
     CLIPDISSECT_CUDA_CHECK(cudnnSetFilter4dDescriptor(conv->filter, cudnn_type(element_), CUDNN_TENSOR_NCHW,
@@ -263,6 +297,8 @@ class CudaBackend final : public Backend {
     const TensorDesc x_desc(element_, x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     const TensorDesc y_desc(element_, out_shape[0], out_shape[1], oh, ow);
     Tensor out = empty(out_shape);
+    if (!raw && act == Activation::Relu && conv.fused_bias && convolve_fused(conv, x, x_desc, y_desc, residual, out))
+      return out;
     convolve(conv, x, x_desc, y_desc, out);
     const bool affine = !raw && conv.scale;
     if (conv.bias || affine || residual || act != Activation::None) {
@@ -526,39 +562,62 @@ class CudaBackend final : public Backend {
   // fp16 and bf16 use the tensor cores.
   cudnnMathType_t allowed_math() const { return element_ == Element::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH; }
 
-  // The bare convolution of x into out, with the algorithm chosen for x's shape: the first of cuDNN's ranked
-  // candidates whose forward call succeeds (the heuristics can rank first an algorithm the call then rejects for
-  // the shape), kept for the next batch of that shape.
-  void convolve(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc, Tensor& out) {
-    const std::array<std::int64_t, 4> key{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
-    if (const auto found = conv.algorithms.find(key); found != conv.algorithms.end()) {
-      CLIPDISSECT_CUDA_CHECK(try_convolution(conv, found->second, x, x_desc, y_desc, out));
-      return;
-    }
+  // Runs `attempt(algorithm)`, a cuDNN call, with the algorithm kept in `kept` for x's shape; on the shape's first
+  // call, with cuDNN's ranked candidates in turn until one succeeds (the heuristics can rank first an algorithm
+  // that the call then rejects for the shape) and keeps that one, or that none ran. The last status.
+  template <typename Attempt>
+  cudnnStatus_t run_ranked(CudaConv& conv, AlgorithmChoice& kept, const Tensor& x, const TensorDesc& x_desc,
+                           const TensorDesc& y_desc, Attempt attempt) {
+    const InputShape shape{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
+    if (const auto found = kept.find(shape); found != kept.end())
+      return found->second ? attempt(*found->second) : CUDNN_STATUS_NOT_SUPPORTED;
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
     for (const ConvAlgorithm& candidate : conv_candidates(conv, x_desc, y_desc)) {
-      last = try_convolution(conv, candidate, x, x_desc, y_desc, out);
+      last = attempt(candidate);
       if (last == CUDNN_STATUS_SUCCESS) {
-        conv.algorithms[key] = candidate;
-        return;
+        kept[shape] = candidate;
+        return last;
       }
     }
-    fail("cuda backend: no cuDNN convolution algorithm ran for input {} and a {}x{} kernel ({} -> {} channels, {} "
-         "groups) in {} (last status: {})",
-         shape_to_string(x.shape()), conv.spec.kernel, conv.spec.kernel, conv.spec.in_channels, conv.spec.out_channels,
-         conv.spec.groups, precision_name(precision_), cudnnGetErrorString(last));
+    kept[shape] = std::nullopt;
+    return last;
   }
 
-  cudnnStatus_t try_convolution(CudaConv& conv, const ConvAlgorithm& algorithm, const Tensor& x,
-                                const TensorDesc& x_desc, const TensorDesc& y_desc, Tensor& out) {
-    std::shared_ptr<void> workspace = allocator_->allocate(algorithm.workspace, stream_);
-    if (const cudnnStatus_t status = cudnnSetConvolutionMathType(conv.conv, algorithm.math);
-        status != CUDNN_STATUS_SUCCESS)
-      return status;
-    const float one = 1.f, zero = 0.f;
-    return cudnnConvolutionForward(dnn_, &one, x_desc.get(), data_of(x), conv.filter, conv.weight.get(), conv.conv,
-                                   algorithm.algo, workspace.get(), algorithm.workspace, &zero, y_desc.get(),
-                                   data_of(out));
+  // Workspace for `algorithm`, with its math type set on the convolution (conv_candidates checked that it can be).
+  std::shared_ptr<void> workspace_for(CudaConv& conv, const ConvAlgorithm& algorithm) {
+    CLIPDISSECT_CUDA_CHECK(cudnnSetConvolutionMathType(conv.conv, algorithm.math));
+    return allocator_->allocate(algorithm.workspace, stream_);
+  }
+
+  // The bare convolution of x into out.
+  void convolve(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc, Tensor& out) {
+    const cudnnStatus_t status = run_ranked(conv, conv.algorithms, x, x_desc, y_desc, [&](const ConvAlgorithm& a) {
+      const std::shared_ptr<void> workspace = workspace_for(conv, a);
+      const float one = 1.f, zero = 0.f;
+      return cudnnConvolutionForward(dnn_, &one, x_desc.get(), data_of(x), conv.filter, conv.weight.get(), conv.conv,
+                                     a.algo, workspace.get(), a.workspace, &zero, y_desc.get(), data_of(out));
+    });
+    if (status != CUDNN_STATUS_SUCCESS)
+      fail("cuda backend: no cuDNN convolution algorithm ran for input {} and a {}x{} kernel ({} -> {} channels, {} "
+           "groups) in {} (last status: {})",
+           shape_to_string(x.shape()), conv.spec.kernel, conv.spec.kernel, conv.spec.in_channels,
+           conv.spec.out_channels, conv.spec.groups, precision_name(precision_), cudnnGetErrorString(status));
+  }
+
+  // out = relu(conv(x, fused weight) + residual + fused bias) in one call; false where cuDNN runs no fused
+  // algorithm for the shape (or precision), and conv2d then takes the separate path.
+  bool convolve_fused(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc,
+                      const Tensor* residual, Tensor& out) {
+    const TensorDesc bias_desc(element_, 1, conv.spec.out_channels, 1, 1);
+    return run_ranked(conv, conv.fused_algorithms, x, x_desc, y_desc, [&](const ConvAlgorithm& a) {
+             const std::shared_ptr<void> workspace = workspace_for(conv, a);
+             // Without a residual, alpha2 = 0 and z is the output itself (not read), as PyTorch's conv + ReLU.
+             const float one = 1.f, alpha2 = residual ? 1.f : 0.f;
+             return cudnnConvolutionBiasActivationForward(
+                 dnn_, &one, x_desc.get(), data_of(x), conv.filter, conv.fused_weight.get(), conv.conv, a.algo,
+                 workspace.get(), a.workspace, &alpha2, y_desc.get(), residual ? data_of(*residual) : data_of(out),
+                 bias_desc.get(), conv.fused_bias.get(), relu_, y_desc.get(), data_of(out));
+           }) == CUDNN_STATUS_SUCCESS;
   }
 
   // cuDNN's heuristics' ranking, without the algorithms that need more than the workspace limit or, in fp32,
@@ -614,6 +673,7 @@ class CudaBackend final : public Backend {
   std::size_t staging_bytes_ = 0;
   cublasHandle_t blas_ = nullptr;
   cudnnHandle_t dnn_ = nullptr;
+  cudnnActivationDescriptor_t relu_ = nullptr;
 };
 
 }  // namespace
