@@ -1,5 +1,5 @@
-// CUDA backend: cuDNN convolutions, cuBLAS GEMMs (linear layers and batched attention), and our own kernels
-// (kernels.cu) for everything else. Tensors are dense row-major device buffers in the precision's element
+// CUDA backend: cuDNN convolutions and pooling, cuBLAS GEMMs (linear layers and batched attention), and our own
+// kernels (kernels.cu) for everything else. Tensors are dense row-major device buffers in the precision's element
 // type (NCHW for feature maps); every product and sum accumulates in float32.
 //
 // A convolution followed by a ReLU runs as one cuDNN call, act(conv(x, w * scale) + residual + bias * scale +
@@ -333,23 +333,11 @@ class CudaBackend final : public Backend {
   }
 
   Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding) override {
-    expect_rank(x, 4, "max_pool2d");
-    const int oh = pooled_size(x.dim(2), kernel, stride, padding), ow = pooled_size(x.dim(3), kernel, stride, padding);
-    Tensor out = empty({x.dim(0), x.dim(1), oh, ow});
-    cuda::max_pool2d(element_, data_of(out), data_of(x), x.dim(0) * x.dim(1), static_cast<int>(x.dim(2)),
-                     static_cast<int>(x.dim(3)), kernel, stride, padding, oh, ow, stream_);
-    check_launch("max_pool2d");
-    return out;
+    return pool(x, CUDNN_POOLING_MAX, kernel, stride, padding, "max_pool2d");
   }
 
   Tensor avg_pool2d(const Tensor& x, int kernel) override {
-    expect_rank(x, 4, "avg_pool2d");
-    const int oh = pooled_size(x.dim(2), kernel, kernel, 0), ow = pooled_size(x.dim(3), kernel, kernel, 0);
-    Tensor out = empty({x.dim(0), x.dim(1), oh, ow});
-    cuda::avg_pool2d(element_, data_of(out), data_of(x), x.dim(0) * x.dim(1), static_cast<int>(x.dim(2)),
-                     static_cast<int>(x.dim(3)), kernel, oh, ow, stream_);
-    check_launch("avg_pool2d");
-    return out;
+    return pool(x, CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING, kernel, kernel, 0, "avg_pool2d");
   }
 
   Tensor global_avg_pool(const Tensor& x) override {
@@ -488,6 +476,25 @@ class CudaBackend final : public Backend {
     channel_epilogue(element_, data_of(out), data_of(x), nullptr, nullptr, nullptr, other ? data_of(*other) : nullptr,
                      act_of(act), x.numel(), 1, std::max<std::int64_t>(1, x.numel()), stream_);
     check_launch("channel_epilogue");
+    return out;
+  }
+
+  // cuDNN pooling of [N, C, H, W]; max pooling propagates NaN, as PyTorch's.
+  Tensor pool(const Tensor& x, cudnnPoolingMode_t mode, int kernel, int stride, int padding, const char* op) {
+    expect_rank(x, 4, op);
+    const int oh = pooled_size(x.dim(2), kernel, stride, padding), ow = pooled_size(x.dim(3), kernel, stride, padding);
+    Tensor out = empty({x.dim(0), x.dim(1), oh, ow});
+    cudnnPoolingDescriptor_t pooling = nullptr;
+    CLIPDISSECT_CUDA_CHECK(cudnnCreatePoolingDescriptor(&pooling));
+    const std::unique_ptr<cudnnPoolingStruct, decltype(&cudnnDestroyPoolingDescriptor)> owned(
+        pooling, cudnnDestroyPoolingDescriptor);
+    CLIPDISSECT_CUDA_CHECK(cudnnSetPooling2dDescriptor(pooling, mode, CUDNN_PROPAGATE_NAN, kernel, kernel, padding,
+                                                       padding, stride, stride));
+    const TensorDesc x_desc(element_, x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    const TensorDesc y_desc(element_, x.dim(0), x.dim(1), oh, ow);
+    const float one = 1.f, zero = 0.f;
+    CLIPDISSECT_CUDA_CHECK(
+        cudnnPoolingForward(dnn_, pooling, &one, x_desc.get(), data_of(x), &zero, y_desc.get(), data_of(out)));
     return out;
   }
 

@@ -55,7 +55,7 @@ __device__ __forceinline__ float apply(Act act, float v) {
   return v;
 }
 
-// max that propagates NaN from either side (torch.amax, max_pool2d).
+// max that propagates NaN from either side (torch.amax).
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
 struct Sum {
@@ -143,38 +143,6 @@ __global__ void layer_norm_kernel(T* y, const T* x, const float* gamma, const fl
   const float rstd = rsqrtf(block_reduce(sq, Sum{}, 0.f) / static_cast<float>(cols) + eps);
   for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x)
     out[c] = from_float<T>((to_float(in[c]) - mean) * rstd * gamma[c] + beta[c]);
-}
-
-template <typename T>
-__global__ void max_pool2d_kernel(T* y, const T* x, std::int64_t planes, int height, int width, int kernel, int stride,
-                                  int padding, int out_height, int out_width) {
-  GRID_STRIDE(i, planes * out_height * out_width) {
-    const int ox = static_cast<int>(i % out_width), oy = static_cast<int>((i / out_width) % out_height);
-    const T* plane = x + (i / (std::int64_t{out_height} * out_width)) * height * width;
-    float m = -INFINITY;
-    for (int ky = 0; ky < kernel; ++ky) {
-      const int iy = oy * stride - padding + ky;
-      if (iy < 0 || iy >= height) continue;
-      for (int kx = 0; kx < kernel; ++kx) {
-        const int ix = ox * stride - padding + kx;
-        if (ix >= 0 && ix < width) m = nan_max(m, to_float(plane[iy * width + ix]));
-      }
-    }
-    y[i] = from_float<T>(m);
-  }
-}
-
-template <typename T>
-__global__ void avg_pool2d_kernel(T* y, const T* x, std::int64_t planes, int height, int width, int kernel,
-                                  int out_height, int out_width) {
-  GRID_STRIDE(i, planes * out_height * out_width) {
-    const int ox = static_cast<int>(i % out_width), oy = static_cast<int>((i / out_width) % out_height);
-    const T* plane = x + (i / (std::int64_t{out_height} * out_width)) * height * width;
-    float sum = 0.f;
-    for (int ky = 0; ky < kernel; ++ky)
-      for (int kx = 0; kx < kernel; ++kx) sum += to_float(plane[(oy * kernel + ky) * width + ox * kernel + kx]);
-    y[i] = from_float<T>(sum / static_cast<float>(kernel * kernel));
-  }
 }
 
 // One block per row.
@@ -328,25 +296,6 @@ void layer_norm(Element element, void* y, const void* x, const float* gamma, con
     using T = decltype(tag);
     layer_norm_kernel<<<static_cast<unsigned>(rows), row_threads(cols), 0, stream>>>(
         static_cast<T*>(y), static_cast<const T*>(x), gamma, beta, eps, cols);
-  });
-}
-
-void max_pool2d(Element element, void* y, const void* x, std::int64_t planes, int height, int width, int kernel,
-                int stride, int padding, int out_height, int out_width, cudaStream_t stream) {
-  dispatch(element, [&](auto tag) {
-    using T = decltype(tag);
-    max_pool2d_kernel<<<blocks_for(planes * out_height * out_width), kThreads, 0, stream>>>(
-        static_cast<T*>(y), static_cast<const T*>(x), planes, height, width, kernel, stride, padding, out_height,
-        out_width);
-  });
-}
-
-void avg_pool2d(Element element, void* y, const void* x, std::int64_t planes, int height, int width, int kernel,
-                int out_height, int out_width, cudaStream_t stream) {
-  dispatch(element, [&](auto tag) {
-    using T = decltype(tag);
-    avg_pool2d_kernel<<<blocks_for(planes * out_height * out_width), kThreads, 0, stream>>>(
-        static_cast<T*>(y), static_cast<const T*>(x), planes, height, width, kernel, out_height, out_width);
   });
 }
 

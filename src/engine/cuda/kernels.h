@@ -34,12 +34,6 @@ void linear_epilogue(Element element, void* y, const float* bias, const void* re
 void layer_norm(Element element, void* y, const void* x, const float* gamma, const float* beta, float eps,
                 std::int64_t rows, std::int64_t cols, cudaStream_t stream);
 
-// [N, C, H, W] pools. Max propagates NaN (as PyTorch); avg is AvgPool2d(kernel) with stride = kernel.
-void max_pool2d(Element element, void* y, const void* x, std::int64_t planes, int height, int width, int kernel,
-                int stride, int padding, int out_height, int out_width, cudaStream_t stream);
-void avg_pool2d(Element element, void* y, const void* x, std::int64_t planes, int height, int width, int kernel,
-                int out_height, int out_width, cudaStream_t stream);
-
 // out[r] = mean (or max, NaN propagating) of x[r, 0:plane], in float32, for r < rows.
 void plane_summary(Element element, float* out, const void* x, std::int64_t rows, std::int64_t plane, bool max,
                    cudaStream_t stream);
