@@ -516,11 +516,16 @@ class CudaBackend final : public Backend {
   }
 
   Tensor gather(const Tensor& table, const std::vector<std::int64_t>& rows, const Shape& shape) {
-    std::shared_ptr<void> indices = allocator_->allocate(rows.size() * sizeof(std::int64_t), stream_);
-    // Pageable source: the runtime stages it before returning, so `rows` may go right after.
-    CLIPDISSECT_CUDA_CHECK(cudaMemcpyAsync(indices.get(), rows.data(), rows.size() * sizeof(std::int64_t),
-                                           cudaMemcpyHostToDevice, stream_));
     Tensor out = empty(shape);
+    if (rows.empty()) return out;
+    // Through a page-locked block: an asynchronous copy from pageable memory may still read it after returning
+    // (the runtime only "may" stage it first), and `rows` is often a temporary.
+    const std::size_t bytes = rows.size() * sizeof(std::int64_t);
+    const std::shared_ptr<void> staged = pinned_->allocate(bytes);
+    std::memcpy(staged.get(), rows.data(), bytes);
+    std::shared_ptr<void> indices = allocator_->allocate(bytes, stream_);
+    CLIPDISSECT_CUDA_CHECK(cudaMemcpyAsync(indices.get(), staged.get(), bytes, cudaMemcpyHostToDevice, stream_));
+    CLIPDISSECT_CUDA_CHECK(cudaEventRecord(pinned_->read_event(staged.get(), bytes), stream_));  // before reuse
     gather_rows(element_, data_of(out), data_of(table), static_cast<const std::int64_t*>(indices.get()),
                 static_cast<std::int64_t>(rows.size()), table.dim(-1), stream_);
     check_launch("gather_rows");
