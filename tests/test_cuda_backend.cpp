@@ -15,6 +15,7 @@
 #include "clipdissect/network.h"
 #include "clipdissect/probe.h"
 #include "clipdissect/similarity.h"
+#include "engine/cuda/convolution_counts.h"
 #include "fixtures.h"
 #include "test_files.h"
 #include "test_util.h"
@@ -63,8 +64,11 @@ class CpuAndGpu : public Base {
 using CudaOps = CpuAndGpu<::testing::Test>;
 
 // Every combination the models use, twice each (the second call runs the algorithm kept for the shape). On the
-// GPU a ReLU with a bias or an affine goes through cuDNN's fused call, BatchNorm folded into the weights.
+// GPU a ReLU with a bias or an affine goes through cuDNN's fused call, BatchNorm folded into the weights; before
+// each call a NaN-filled block of the output's size goes back to the pool, for the output to reuse: a fused call
+// without a residual passes its output as z, which must not be read.
 TEST_F(CudaOps, ConvolutionsWithBiasAffineResidualAndActivation) {
+  const std::int64_t fused_before = cuda::convolution_counts().fused;
   for (const Conv2dSpec spec : {Conv2dSpec{3, 8, 7, 2, 3, 1}, Conv2dSpec{8, 16, 3, 1, 1, 4}, Conv2dSpec{16, 8, 1, 2, 0, 1}}) {
     const Shape in{2, spec.in_channels, 13, 11};
     const auto x = random_values(count(in), 1);
@@ -87,7 +91,12 @@ TEST_F(CudaOps, ConvolutionsWithBiasAffineResidualAndActivation) {
                 const Tensor raw = b.conv2d(*conv, input, nullptr, Activation::None, true);
                 const Tensor residual = b.upload(random_values(raw.numel(), 6), raw.shape());
                 std::vector<float> out = b.download(raw);
+                const std::vector<float> nan_fill(static_cast<std::size_t>(raw.numel()), std::nanf(""));
                 for (int call = 0; call < 2; ++call) {
+                  {
+                    const Tensor nans = b.upload(nan_fill, raw.shape());
+                    const Tensor freed_on_compute_stream = b.add(nans, nans, Activation::None);
+                  }
                   const std::vector<float> y = b.download(b.conv2d(*conv, input, with_residual ? &residual : nullptr, act));
                   out.insert(out.end(), y.begin(), y.end());
                 }
@@ -96,6 +105,7 @@ TEST_F(CudaOps, ConvolutionsWithBiasAffineResidualAndActivation) {
               fmt::format("conv {}x{} ({}), residual {}, act {}", spec.kernel, spec.kernel, p.name, with_residual,
                           static_cast<int>(act)));
   }
+  EXPECT_GT(cuda::convolution_counts().fused, fused_before) << "cuDNN's fused conv + bias + ReLU never ran";
 }
 
 TEST_F(CudaOps, ElementwiseAffinePoolsAndSummaries) {

@@ -9,6 +9,7 @@
 // has ReLU and identity only (identity with one algorithm), and cuBLASLt's GELU epilogue is the tanh
 // approximation where the models need erf.
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -17,6 +18,7 @@
 #include "clipdissect/device.h"
 #include "clipdissect/error.h"
 #include "engine/cuda/allocator.h"
+#include "engine/cuda/convolution_counts.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/pinned_allocator.h"
@@ -28,6 +30,8 @@ namespace {
 
 // Largest cuDNN workspace an algorithm may ask for.
 constexpr std::size_t kMaxConvWorkspace = std::size_t{1} << 30;
+
+std::atomic<std::int64_t> fused_convolutions{0}, separate_convolutions{0};
 
 class CudaStorage final : public TensorStorage {
  public:
@@ -112,7 +116,8 @@ struct CudaConv final : ConvParams {
   std::shared_ptr<void> fused_weight, fused_bias;
   cudnnFilterDescriptor_t filter = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
-  AlgorithmChoice algorithms, fused_algorithms;
+  AlgorithmChoice algorithms;
+  std::array<AlgorithmChoice, 2> fused_algorithms;  // without, with a residual (z read or not)
 
   ~CudaConv() override {
     if (filter) cudnnDestroyFilterDescriptor(filter);
@@ -165,7 +170,8 @@ class CudaBackend final : public Backend {
     CLIPDISSECT_CUDA_CHECK(cudnnCreate(&dnn_));
     CLIPDISSECT_CUDA_CHECK(cudnnSetStream(dnn_, stream_));
     CLIPDISSECT_CUDA_CHECK(cudnnCreateActivationDescriptor(&relu_));
-    CLIPDISSECT_CUDA_CHECK(cudnnSetActivationDescriptor(relu_, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN, 0.0));
+    // NaN not propagated, as PyTorch's and ONNX Runtime's fused calls set it (and as oneDNN's ReLU on the CPU).
+    CLIPDISSECT_CUDA_CHECK(cudnnSetActivationDescriptor(relu_, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
   }
 
   ~CudaBackend() override {
@@ -297,9 +303,12 @@ class CudaBackend final : public Backend {
     const TensorDesc x_desc(element_, x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     const TensorDesc y_desc(element_, out_shape[0], out_shape[1], oh, ow);
     Tensor out = empty(out_shape);
-    if (!raw && act == Activation::Relu && conv.fused_bias && convolve_fused(conv, x, x_desc, y_desc, residual, out))
+    if (!raw && act == Activation::Relu && conv.fused_bias && convolve_fused(conv, x, x_desc, y_desc, residual, out)) {
+      ++fused_convolutions;
       return out;
+    }
     convolve(conv, x, x_desc, y_desc, out);
+    ++separate_convolutions;
     const bool affine = !raw && conv.scale;
     if (conv.bias || affine || residual || act != Activation::None) {
       channel_epilogue(element_, data_of(out), data_of(out), floats(conv.bias), affine ? floats(conv.scale) : nullptr,
@@ -590,6 +599,7 @@ class CudaBackend final : public Backend {
         kept[shape] = candidate;
         return last;
       }
+      (void)cudaGetLastError();  // a rejected launch must not surface at our next kernel's check_launch
     }
     kept[shape] = std::nullopt;
     return last;
@@ -621,7 +631,7 @@ class CudaBackend final : public Backend {
   bool convolve_fused(CudaConv& conv, const Tensor& x, const TensorDesc& x_desc, const TensorDesc& y_desc,
                       const Tensor* residual, Tensor& out) {
     const TensorDesc bias_desc(element_, 1, conv.spec.out_channels, 1, 1);
-    return run_ranked(conv, conv.fused_algorithms, x, x_desc, y_desc, [&](const ConvAlgorithm& a) {
+    return run_ranked(conv, conv.fused_algorithms[residual != nullptr], x, x_desc, y_desc, [&](const ConvAlgorithm& a) {
              const std::shared_ptr<void> workspace = workspace_for(conv, a);
              // Without a residual, alpha2 = 0 and z is the output itself (not read), as PyTorch's conv + ReLU.
              const float one = 1.f, alpha2 = residual ? 1.f : 0.f;
@@ -689,6 +699,9 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+ConvolutionCounts convolution_counts() { return {fused_convolutions.load(), separate_convolutions.load()}; }
+
 }  // namespace cuda
 
 bool cuda_compiled() { return true; }
