@@ -6,7 +6,7 @@
 #       here: builds build-cuda (-DCLIPDISSECT_CUDA=ON, with the benchmarks), then packs the binaries, the
 #       Debian libraries they load and the fixtures the GPU tests read into .device/bundle.tar.xz (git-ignored)
 #   bench/cuda_device_check.sh run          (there, with carry [".device"], timeout ~600 s)
-#       1. the GPU tests (clipdissect_tests --gtest_filter='Cuda*:DeviceBackends*')
+#       1. the GPU tests (clipdissect_tests --gtest_filter='*Cuda*:DeviceBackends*')
 #       2. describe on 10,000 synthetic 500x375 JPEGs, random-weight CLIP ViT-B/16 and ResNet-50, 20k concepts,
 #          layers conv1,layer1..layer4, next to PyTorch on the same GPU (bench/run_describe_bench.py)
 #       3. SoftWPMI at N=50,000, K=20,000, C=2,048 next to PyTorch (bench/similarity.cpp, torch_describe_baseline.py)
@@ -68,7 +68,7 @@ run() {
   } 2>&1 | tee "$out/machine.txt"
 
   echo "== 1. GPU tests" | tee "$out/tests.txt"
-  timeout 120 "$work/bin/clipdissect_tests" --gtest_filter='Cuda*:DeviceBackends*' 2>&1 | tee -a "$out/tests.txt" ||
+  timeout 120 "$work/bin/clipdissect_tests" --gtest_filter='*Cuda*:DeviceBackends*' 2>&1 | tee -a "$out/tests.txt" ||
     status=1
 
   echo "== 2. describe, $images images, against PyTorch on the same GPU" | tee "$out/describe.txt"

@@ -223,6 +223,55 @@ TEST_F(CudaOps, AttentionCausalAndWithScoreBias) {
   }
 }
 
+// fp16 and bf16 storage (products and sums in fp32): each kind of op within the element type's rounding of the
+// CPU's fp32, relative to the output's scale (2^-11 and 2^-8 per rounding, a few roundings per op). A wrong element
+// type, descriptor or cast anywhere on the way gives errors of order one.
+class CudaLowPrecision : public ::testing::TestWithParam<Precision> {};
+
+TEST_P(CudaLowPrecision, OpsWithinTheElementTypesRounding) {
+  std::string skip_reason;
+  const std::unique_ptr<Backend> gpu = cuda_backend_or_skip(GetParam(), skip_reason);
+  if (!gpu) GTEST_SKIP() << skip_reason;
+  const std::unique_ptr<Backend> cpu = make_cpu_backend(2);
+  const double tolerance = GetParam() == Precision::F16 ? 1e-2 : 4e-2;
+  const auto expect_close = [&](const auto& op, const std::string& what) {
+    EXPECT_LE(max_relative_error(op(*gpu), op(*cpu)), tolerance) << what;
+  };
+
+  const Conv2dSpec spec{8, 16, 3, 1, 1, 1};
+  const Shape in{2, 8, 12, 10}, out{2, 16, 12, 10};
+  const auto x = random_values(count(in), 30), w = random_values(16 * 8 * 9, 31), bias = random_values(16, 32);
+  const auto scale = random_values(16, 33, 0.5f, 2.f), shift = random_values(16, 34),
+             residual = random_values(count(out), 35);
+  for (const Activation act : {Activation::Relu, Activation::Gelu})  // fused, then separate
+    expect_close(
+        [&](Backend& b) {
+          const Tensor res = b.upload(residual, out);
+          return b.download(b.conv2d(*b.make_conv2d(spec, w, bias, scale, shift), b.upload(x, in), &res, act));
+        },
+        fmt::format("conv, act {}", static_cast<int>(act)));
+  expect_close([&](Backend& b) { return b.download(b.max_pool2d(b.upload(x, in), 3, 2, 1)); }, "max_pool2d");
+  expect_close([&](Backend& b) { return b.download(b.avg_pool2d(b.upload(x, in), 2)); }, "avg_pool2d");
+  expect_close([&](Backend& b) { return b.summarize(b.upload(x, in), PoolMode::Avg); }, "summarize");
+
+  const Shape tokens{2, 7, 32};
+  const auto t = random_values(count(tokens), 36), lw = random_values(32 * 32, 37), lb = random_values(32, 38);
+  expect_close(
+      [&](Backend& b) {
+        const Tensor x_tokens = b.upload(t, tokens);
+        return b.download(b.linear(*b.make_linear(32, 32, lw, lb), x_tokens, Activation::Gelu, &x_tokens));
+      },
+      "linear");
+  const auto gamma = random_values(32, 39), beta = random_values(32, 40);
+  expect_close([&](Backend& b) { return b.download(b.layer_norm(*b.make_layer_norm(gamma, beta, 1e-5f), b.upload(t, tokens))); },
+               "layer_norm");
+  const auto qkv = random_values(2 * 7 * 96, 41);
+  expect_close([&](Backend& b) { return b.download(b.attention(b.upload(qkv, {2, 7, 96}), 4, true)); }, "attention");
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaLowPrecision, ::testing::Values(Precision::F16, Precision::BF16),
+                         [](const auto& param_info) { return std::string(precision_name(param_info.param)); });
+
 // The first 16 probe images, preprocessed into the backend's host buffers (page-locked on the GPU), as one
 // batch on `backend`; the buffer goes back to its pool right after the upload.
 Tensor probe_batch(Backend& backend, const Preprocess& preprocess) {
