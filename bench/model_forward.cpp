@@ -17,6 +17,7 @@
 
 #include "clipdissect/clip.h"
 #include "clipdissect/network.h"
+#include "main_reporting_errors.h"
 
 using namespace clipdissect;
 
@@ -58,7 +59,7 @@ void text_loop(benchmark::State& state, ClipModel& clip, const std::vector<std::
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   keep_freed_heap_memory();  // as the CLI does
   std::map<std::string, std::string> files;
   int threads = 2, batch = 32;
@@ -101,3 +102,5 @@ int main(int argc, char** argv) {
   benchmark::Shutdown();
   return 0;
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }

@@ -16,6 +16,7 @@
 #include "clipdissect/backend.h"
 #include "clipdissect/image.h"
 #include "clipdissect/probe.h"
+#include "main_reporting_errors.h"
 
 using namespace clipdissect;
 
@@ -56,7 +57,7 @@ void batch_loop(benchmark::State& state, const ProbeSet& probe, const std::vecto
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   keep_freed_heap_memory();  // as the CLI does
   std::string folder;
   int threads = 1, batch = 64, images = 256;
@@ -98,3 +99,5 @@ int main(int argc, char** argv) {
   benchmark::Shutdown();
   return 0;
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }

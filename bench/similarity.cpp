@@ -12,6 +12,7 @@
 
 #include "clipdissect/backend.h"
 #include "clipdissect/similarity.h"
+#include "main_reporting_errors.h"
 
 using namespace clipdissect;
 
@@ -33,7 +34,7 @@ double peak_rss_gib() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   keep_freed_heap_memory();  // as the CLI does
   std::int64_t images = 50000, concepts = 20000, neurons = 2048, dim = 512;
   int threads = 2;
@@ -73,3 +74,5 @@ int main(int argc, char** argv) {
   benchmark::Shutdown();
   return 0;
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }
