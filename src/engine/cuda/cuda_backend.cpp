@@ -112,7 +112,7 @@ struct CudaConv final : ConvParams {
   std::shared_ptr<void> weight;              // [O, I/G, K, K], element type
   std::shared_ptr<void> bias, scale, shift;  // float [O], each may be null
   // For the fused call with a ReLU (element type): weight * scale and bias * scale + shift per output channel.
-  // Null for a convolution with neither bias nor scale and shift.
+  // Null for a convolution with neither bias nor scale and shift, and in fp16 for one with scale and shift.
   std::shared_ptr<void> fused_weight, fused_bias;
   cudnnFilterDescriptor_t filter = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
@@ -244,8 +244,12 @@ class CudaBackend final : public Backend {
     if (!scale.empty() || !shift.empty()) {
       conv->scale = channels_on_device(scale, spec.out_channels, "conv scale");
       conv->shift = channels_on_device(shift, spec.out_channels, "conv shift");
-      conv->fused_weight = to_device(scaled_weight(weight, scale));
-      conv->fused_bias = to_device(folded_bias(bias, scale, shift));
+      // Not in fp16: a weight times a small BatchNorm scale can fall below its smallest normal value (6.1e-5)
+      // and lose precision that the separate BatchNorm keeps; bf16 and fp32 have float32's exponent range.
+      if (element_ != Element::F16) {
+        conv->fused_weight = to_device(scaled_weight(weight, scale));
+        conv->fused_bias = to_device(folded_bias(bias, scale, shift));
+      }
     } else if (!bias.empty()) {
       conv->fused_weight = conv->weight;
       conv->fused_bias = to_device(bias);
