@@ -3,11 +3,11 @@
 // type (NCHW for feature maps); every product and sum accumulates in float32.
 //
 // A convolution followed by a ReLU runs as one cuDNN call, act(conv(x, w * scale) + residual + bias * scale +
-// shift), the BatchNorm folded into the weights and bias: the same values as PyTorch's separate conv and
-// BatchNorm up to float rounding (as cuDNN's algorithms already differ by). Everything else gets our epilogue
-// kernel in PyTorch's order, (conv + bias) * scale + shift + residual, then the activation: cuDNN's fused call
-// has ReLU and identity only (identity with one algorithm), and cuBLASLt's GELU epilogue is the tanh
-// approximation where the models need erf.
+// shift), the BatchNorm folded into the weights and bias (not in fp16, see make_conv2d): the same values as
+// PyTorch's separate conv and BatchNorm up to float rounding (as cuDNN's algorithms already differ by). Everything
+// else gets our epilogue kernel in PyTorch's order, (conv + bias) * scale + shift + residual, then the activation:
+// cuDNN's fused call has ReLU and identity only (identity with one algorithm), and cuBLASLt's GELU epilogue is the
+// tanh approximation where the models need erf.
 #include <array>
 #include <atomic>
 #include <cmath>
