@@ -58,6 +58,34 @@ TEST(WeightsTorchZip, SharedStorageOffsetsAndTranspose) {
   EXPECT_EQ(weights.tensors()[0].name, "a");
 }
 
+// What torch 2.x writes when a model trained on a GPU is saved: storages located on 'cuda:0', a byteorder record,
+// and records this reader has no use for (.format_version, .storage_alignment, .data/serialization_id). The
+// tensors load onto the host all the same; a big-endian archive is refused by name.
+TEST(WeightsTorchZip, SavedFromAGpuByNewerTorch) {
+  const Bytes pickle = state_dict_pickle([](PickleWriter& p) {
+                         p.storage_location("cuda:0");
+                         p.str("w").tensor("FloatStorage", "0", 6, 0, {2, 3}, {3, 1});
+                         p.storage_location("cuda:1");
+                         p.str("b").tensor("FloatStorage", "1", 2, 0, {2}, {1});
+                       })
+                           .stop()
+                           .bytes();
+  const auto text = [](std::string_view t) { return Bytes(reinterpret_cast<const std::byte*>(t.data()),
+                                                          reinterpret_cast<const std::byte*>(t.data()) + t.size()); };
+  const auto archive = [&](std::string_view byte_order) {
+    return make_torch_zip(pickle, {{"0", as_bytes_of(iota_floats(6))}, {"1", as_bytes_of(std::vector<float>{7, 8})}},
+                          {{"archive/byteorder", text(byte_order)},
+                           {"archive/.format_version", text("1")},
+                           {"archive/.storage_alignment", text("64")},
+                           {"archive/.data/serialization_id", text("0123456789012345678901234567890123456789")}});
+  };
+  const WeightMap weights = load_bytes(archive("little"));
+  ASSERT_EQ(weights.size(), 2u);
+  EXPECT_EQ(to_f32(weights.at("w")), iota_floats(6));
+  EXPECT_EQ(to_f32(weights.at("b")), (std::vector<float>{7, 8}));
+  expect_error([&] { load_bytes(archive("big"), "gpu-trained.pt"); }, {"gpu-trained.pt", "byte order 'big'"});
+}
+
 TEST(WeightsTorchZip, DeflatedEntriesAndZip64Records) {
   const Bytes pickle =
       state_dict_pickle([](PickleWriter& p) { p.str("w").tensor("DoubleStorage", "7", 4, 0, {4}, {1}); })

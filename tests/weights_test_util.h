@@ -134,9 +134,14 @@ class PickleWriter {
     for (std::int64_t value : values) integer(value);
     return tuple();
   }
-  // ('storage', torch.<type>, key, 'cpu', numel[, None]) as a persistent id.
+  // The device torch.save records for the storages that follow ('cuda:0' for a model saved from a GPU).
+  PickleWriter& storage_location(std::string_view location) {
+    location_ = location;
+    return *this;
+  }
+  // ('storage', torch.<type>, key, location, numel[, None]) as a persistent id.
   PickleWriter& storage(std::string_view type, std::string_view key, std::int64_t numel, bool legacy = false) {
-    mark().str("storage").global("torch", type).str(key).str("cpu").integer(numel);
+    mark().str("storage").global("torch", type).str(key).str(location_).integer(numel);
     if (legacy) none();
     return tuple().op('Q');
   }
@@ -152,6 +157,7 @@ class PickleWriter {
 
  private:
   Bytes out_;
+  std::string location_ = "cpu";
 };
 
 struct ZipInput {
