@@ -172,6 +172,31 @@ std::vector<double> materialised_soft_wpmi(const std::vector<float>& images, con
 
 // Enough concepts that one image chunk's log terms exceed the working buffer, so neurons are taken in
 // several groups per chunk: the result must not depend on the grouping.
+// Rank reorder pairs the r-th lowest-scoring top image with the r-th lowest activation; images with equal scores
+// keep their top-list order (highest activation first). Checked through the ratio of two concepts of one neuron,
+// where the random baseline cancels: value_k = -(error_k / baseline) / sqrt(mean score_k).
+TEST(RankReorder, TiedScoresKeepTheTopListOrder) {
+  const std::int64_t n = 100, dim = 5;  // top 5 % = the 5 images with one-hot embeddings
+  std::vector<float> images(n * dim, 1.f), activations(n, 0.f);
+  for (int j = 0; j < 5; ++j) {
+    std::fill_n(images.begin() + j * dim, dim, 0.f);
+    images[j * dim + j] = 1.f;
+    activations[j] = static_cast<float>(5 - j);  // image j is j-th in the neuron's top list
+  }
+  // Concept 0 scores images 0 and 1 the same, lowest; concept 1 orders them as the top list does.
+  const std::vector<float> texts{1, 1, 2, 3, 4, 1, 1.5f, 2, 3, 4};
+  const std::vector<float> got =
+      compute_similarity(SimilarityFunction::RankReorder, {images, texts, activations, n, dim, 2, 1});
+  // Images by rising score 0, 1, 2, 3, 4 (activations 5, 4, 3, 2, 1) against activations 1..5: |d|^3 summed is
+  // 64 + 8 + 0 + 8 + 64 for both concepts (126 for concept 0 had the tie gone the other way).
+  const auto mean_score = [&](int k) {
+    double sum = 0, sq = 0;
+    for (int j = 0; j < 5; ++j) sum += texts[k * 5 + j], sq += double(texts[k * 5 + j]) * texts[k * 5 + j];
+    return sum / std::sqrt(sq) / 5;
+  };
+  EXPECT_NEAR(got[0] / got[1], std::sqrt(mean_score(1) / mean_score(0)), 1e-5);
+}
+
 TEST(SoftWpmi, MatchesTheMaterialisedDefinitionWhenTermsSpanSeveralGroups) {
   const std::int64_t n = 80, d = 8, k = 70000, c = 6;
   const auto images = testing::random_values(n * d, 31, -1.f, 1.f);
